@@ -1,0 +1,20 @@
+"""SAPA: Similarity-Aware Point Affiliation for feature upsampling (NeurIPS 2022).
+
+Quick use::
+
+    import sapa
+    up = sapa.SAPA(in_channels=256, guide_channels=64)   # SAPA-B, K=5, d=32
+    out = up(x, skip)            # x (B, 256, H, W), skip (B, 64, H', W') -> (B, 256, H', W')
+"""
+from .ops import (
+    NORM_EPS,
+    available_backends,
+    nearest_upsample_to,
+    register_backend,
+    sapa_upsample,
+    window_centres,
+)
+from .module import SAPA, VARIANTS
+from .profiles import get_profile
+
+__version__ = "0.1.0"

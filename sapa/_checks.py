@@ -1,0 +1,91 @@
+"""Input validation shared by the operator, the module and the upsamplers.
+
+Every check runs before any heavy work and raises ``ValueError``/``TypeError`` that
+names the argument and the shapes (or values) it saw.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+NORMALIZATIONS = ("softmax", "relu", "sigmoid", "softplus", "none")
+PADDINGS = ("zeros", "ignore")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError naming ``name``."""
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {choices}; got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {choices}")
+    return value
+
+
+def check_tensor(name: str, t, ndim: int = 4) -> torch.Tensor:
+    """Check that ``t`` is a floating-point tensor with ``ndim`` dimensions."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions (B, C, H, W), got shape {tuple(t.shape)}"
+        )
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {t.dtype}"
+        )
+    return t
+
+
+def check_kernel_size(kernel_size) -> int:
+    """Check that the window size is a positive odd integer."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
+        raise TypeError(f"kernel_size must be an int, got {type(kernel_size).__name__}")
+    if kernel_size <= 0 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    return kernel_size
+
+
+def check_qkv(query, key, value) -> None:
+    """Validate the (query, key, value) triple of :func:`sapa.sapa_upsample`.
+
+    query (B, d, H', W'), key (B, d, H, W), value (B, C, H, W) with H' >= H, W' >= W,
+    one dtype and one device.
+    """
+    check_tensor("query", query)
+    check_tensor("key", key)
+    check_tensor("value", value)
+    qs, ks, vs = tuple(query.shape), tuple(key.shape), tuple(value.shape)
+    if not (qs[0] == ks[0] == vs[0]):
+        raise ValueError(
+            f"batch sizes differ: query {qs}, key {ks}, value {vs}"
+        )
+    if qs[1] != ks[1]:
+        raise ValueError(
+            f"query and key must have the same embedding dimension d (dim 1): "
+            f"query {qs}, key {ks}"
+        )
+    if ks[2:] != vs[2:]:
+        raise ValueError(
+            f"key and value must have the same spatial size (H, W): key {ks}, value {vs}"
+        )
+    if qs[2] < ks[2] or qs[3] < ks[3]:
+        raise ValueError(
+            f"query must be at least as large as key (H' >= H and W' >= W): "
+            f"query {qs}, key {ks}"
+        )
+    if min(qs[2:] + ks[2:]) <= 0 or min(qs[:2] + vs[1:2]) <= 0:
+        raise ValueError(f"empty tensors are not supported: query {qs}, key {ks}, value {vs}")
+    dtypes = {query.dtype, key.dtype, value.dtype}
+    if len(dtypes) != 1:
+        raise TypeError(
+            f"query, key and value must share one dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
+        )
+    devices = {query.device, key.device, value.device}
+    if len(devices) != 1:
+        raise ValueError(
+            f"query, key and value must be on one device, got {query.device}, {key.device}, {value.device}"
+        )

@@ -1,0 +1,154 @@
+"""The ``SAPA`` module: pre-processing (LayerNorm, projections, gate) around ``sapa_upsample``."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_tensor
+from .ops import nearest_upsample_to, sapa_upsample
+
+VARIANTS = ("I", "B", "P", "G")
+
+__all__ = ["SAPA", "VARIANTS", "channel_layer_norm"]
+
+
+def channel_layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """Per-pixel LayerNorm over channels of a (B, C, H, W) tensor; returns (B, C, H, W)."""
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _project(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """Per-pixel linear map (B, C_in, H, W) -> (B, C_out, H, W)."""
+    return linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _init_linear(linear: nn.Linear) -> None:
+    nn.init.trunc_normal_(linear.weight, std=0.02)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def _positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v <= 0:
+        raise ValueError(f"{name} must be positive, got {v}")
+    return v
+
+
+class SAPA(nn.Module):
+    """Similarity-Aware Point Affiliation upsampler.
+
+    ``forward(x, y)`` upsamples the low-res feature x (B, in_channels, H, W) to the size of
+    the high-res guide y (B, guide_channels, H', W') and returns (B, in_channels, H', W').
+
+    Variants (paper Sec. 4.2 and Table 6):
+
+    * ``"I"``: inner product of the LayerNorm-ed features themselves (needs
+      ``guide_channels == in_channels``; ``embedding_dim`` is then ``in_channels``).
+    * ``"B"``: low-rank bilinear: q = P_y LN(y), k = P_x LN(x) (the default).
+    * ``"P"``: plain addition: q = P [LN(y); nearest_up(x)] (the gate of "G" removed).
+    * ``"G"``: gated: q = g * P_y LN(y) + (1 - g) * P_xx nearest_up(x),
+      g = sigmoid(P_g LN(x)) nearest-upsampled.
+
+    The value is always the raw x. Linear weights use trunc-normal(std=0.02) and zero bias,
+    LayerNorms weight 1 and bias 0, as in the official code.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        guide_channels: int | None = None,
+        variant: str = "B",
+        kernel_size: int = 5,
+        embedding_dim: int = 32,
+        normalization: str = "softmax",
+        padding: str = "zeros",
+        backend: str = "auto",
+    ):
+        super().__init__()
+        in_channels = _positive_int("in_channels", in_channels)
+        guide_channels = in_channels if guide_channels is None else _positive_int("guide_channels", guide_channels)
+        check_choice("variant", variant, VARIANTS)
+        check_kernel_size(kernel_size)
+        embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        check_choice("normalization", normalization, NORMALIZATIONS)
+        check_choice("padding", padding, PADDINGS)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+        if variant == "I" and guide_channels != in_channels:
+            raise ValueError(
+                f"variant 'I' compares features directly and needs guide_channels == in_channels, "
+                f"got in_channels={in_channels}, guide_channels={guide_channels}"
+            )
+        self.in_channels, self.guide_channels = in_channels, guide_channels
+        self.variant, self.kernel_size = variant, kernel_size
+        self.embedding_dim = in_channels if variant == "I" else embedding_dim
+        self.normalization, self.padding, self.backend = normalization, padding, backend
+
+        self.norm_y = nn.LayerNorm(guide_channels)
+        self.norm_x = nn.LayerNorm(in_channels)
+        d = self.embedding_dim
+        if variant in ("B", "G"):
+            self.q_y = nn.Linear(guide_channels, d)
+        if variant == "P":
+            self.q_yx = nn.Linear(guide_channels + in_channels, d)
+        if variant == "G":
+            self.q_x = nn.Linear(in_channels, d)
+            self.gate = nn.Linear(in_channels, 1)
+        if variant != "I":
+            self.k_x = nn.Linear(in_channels, d)
+        for mod in self.modules():
+            if isinstance(mod, nn.Linear):
+                _init_linear(mod)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, guide_channels={self.guide_channels}, "
+            f"variant={self.variant!r}, kernel_size={self.kernel_size}, "
+            f"embedding_dim={self.embedding_dim}, normalization={self.normalization!r}, "
+            f"padding={self.padding!r}, backend={self.backend!r}"
+        )
+
+    def _check(self, x, y):
+        check_tensor("x", x)
+        check_tensor("y", y)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have in_channels={self.in_channels} channels, got shape {tuple(x.shape)}")
+        if y.shape[1] != self.guide_channels:
+            raise ValueError(
+                f"y must have guide_channels={self.guide_channels} channels, got shape {tuple(y.shape)}"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y batch sizes differ: x {tuple(x.shape)}, y {tuple(y.shape)}")
+        if y.shape[2] < x.shape[2] or y.shape[3] < x.shape[3]:
+            raise ValueError(
+                f"the guide y must be at least as large as x: x {tuple(x.shape)}, y {tuple(y.shape)}"
+            )
+
+    def query_key(self, x: torch.Tensor, y: torch.Tensor):
+        """Embeddings (query (B, d, H', W'), key (B, d, H, W)) for x (B, C, H, W), y (B, C_y, H', W')."""
+        self._check(x, y)
+        x_n = channel_layer_norm(x, self.norm_x)
+        y_n = channel_layer_norm(y, self.norm_y)
+        if self.variant == "I":
+            return y_n, x_n
+        key = _project(x_n, self.k_x)
+        size = y.shape[-2:]
+        if self.variant == "B":
+            query = _project(y_n, self.q_y)
+        elif self.variant == "P":
+            query = _project(torch.cat([y_n, nearest_upsample_to(x, size)], dim=1), self.q_yx)
+        else:  # "G"
+            g = torch.sigmoid(_project(x_n, self.gate))
+            g = nearest_upsample_to(g, size)
+            query = g * _project(y_n, self.q_y) + (1 - g) * _project(nearest_upsample_to(x, size), self.q_x)
+        return query, key
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (B, in_channels, H, W), y (B, guide_channels, H', W') -> (B, in_channels, H', W')."""
+        query, key = self.query_key(x, y)
+        return sapa_upsample(
+            query, key, x, self.kernel_size, self.normalization, self.padding, self.backend
+        )
