@@ -370,7 +370,8 @@ def sapa_upsample(
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     _load_optional_backends()
     if backend == "auto":
-        backend = "triton" if ("triton" in _BACKENDS and _BACKEND_AVAILABLE["triton"](query)) else "torch"
+        use_triton = query.is_cuda and "triton" in _BACKENDS and _BACKEND_AVAILABLE["triton"](query)
+        backend = "triton" if use_triton else "torch"
     else:
         check_choice("backend", backend, tuple(_BACKENDS) + ("auto",))
         if not _BACKEND_AVAILABLE[backend](query):
