@@ -11,10 +11,13 @@ from .ops import (
     available_backends,
     nearest_upsample_to,
     register_backend,
+    sapa_kernels,
     sapa_upsample,
     window_centres,
 )
 from .module import SAPA, VARIANTS
 from .profiles import get_profile
+from .upsamplers import available_upsamplers, build_upsampler
+from . import complexity
 
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_tensor
-from .ops import nearest_upsample_to, sapa_upsample
+from .ops import nearest_upsample_to, sapa_kernels, sapa_upsample
 
 VARIANTS = ("I", "B", "P", "G")
 
@@ -145,6 +145,11 @@ class SAPA(nn.Module):
             g = nearest_upsample_to(g, size)
             query = g * _project(y_n, self.q_y) + (1 - g) * _project(nearest_upsample_to(x, size), self.q_x)
         return query, key
+
+    def kernels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The upsampling kernels (B, K*K, H', W') this module applies to x (see ``sapa_kernels``)."""
+        query, key = self.query_key(x, y)
+        return sapa_kernels(query, key, self.kernel_size, self.normalization, self.padding)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W), y (B, guide_channels, H', W') -> (B, in_channels, H', W')."""

@@ -35,6 +35,7 @@ NORM_EPS = 1e-6
 
 __all__ = [
     "sapa_upsample",
+    "sapa_kernels",
     "window_centres",
     "nearest_upsample_to",
     "available_backends",
@@ -161,6 +162,40 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # --------------------------------------------------------------------------------------
 # backend "reference": the direct, materialised formulation
 # --------------------------------------------------------------------------------------
+def _reference_weights(q, k, kernel_size, normalization, padding):
+    """(B, K*K, H', W') kernel weights from q (B, d, H', W') and k (B, d, H, W)."""
+    B, d, Hq, Wq = q.shape
+    H, W = k.shape[-2:]
+    K, R = kernel_size, kernel_size // 2
+    rows = window_centres(Hq, H, q.device)
+    cols = window_centres(Wq, W, q.device)
+    k_unf = F.unfold(k, K, padding=R).view(B, d, K * K, H, W)[..., rows, :][..., cols]
+    logits = torch.einsum("bdhw,bdkhw->bkhw", q, k_unf)
+    valid = None
+    if padding == "ignore":
+        ones = torch.ones(1, 1, H, W, dtype=q.dtype, device=q.device)
+        valid = F.unfold(ones, K, padding=R).view(1, K * K, H, W)[..., rows, :][..., cols] > 0
+    return normalize_logits(logits, valid, normalization, dim=1)
+
+
+def sapa_kernels(
+    query: torch.Tensor, key: torch.Tensor, kernel_size: int = 5, normalization: str = "softmax",
+    padding: str = "zeros",
+) -> torch.Tensor:
+    """The upsampling kernels of :func:`sapa_upsample`: (B, K*K, H', W') weights.
+
+    query (B, d, H', W'), key (B, d, H, W). Entry p = dy * K + dx weighs the low-res pixel
+    centre + (dy - K//2, dx - K//2). Materialises the weights (for inspection and plots).
+    """
+    value = key.new_empty(key.shape[0], 1, *key.shape[-2:])
+    check_qkv(query, key, value)
+    kernel_size = check_kernel_size(kernel_size)
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    check_choice("padding", padding, PADDINGS)
+    ct = _compute_dtype(query.dtype)
+    return _reference_weights(query.to(ct), key.to(ct), kernel_size, normalization, padding).to(query.dtype)
+
+
 def _reference(query, key, value, kernel_size, normalization, padding):
     out_dtype = query.dtype
     ct = _compute_dtype(out_dtype)
@@ -170,16 +205,10 @@ def _reference(query, key, value, kernel_size, normalization, padding):
     K, R = kernel_size, kernel_size // 2
     rows = window_centres(Hq, H, q.device)
     cols = window_centres(Wq, W, q.device)
-    # (B, c*K*K, H*W) -> (B, c, K*K, H, W), zero padded; then gather the centre of every
-    # output pixel: (B, c, K*K, H', W')
-    k_unf = F.unfold(k, K, padding=R).view(B, d, K * K, H, W)[..., rows, :][..., cols]
+    # the zero-padded K x K windows of every low-res pixel, (B, C, K*K, H, W), gathered at the
+    # window centre of every output pixel: (B, C, K*K, H', W')
     v_unf = F.unfold(v, K, padding=R).view(B, C, K * K, H, W)[..., rows, :][..., cols]
-    logits = torch.einsum("bdhw,bdkhw->bkhw", q, k_unf)
-    valid = None
-    if padding == "ignore":
-        ones = torch.ones(1, 1, H, W, dtype=ct, device=q.device)
-        valid = F.unfold(ones, K, padding=R).view(1, K * K, H, W)[..., rows, :][..., cols] > 0
-    weights = normalize_logits(logits, valid, normalization, dim=1)
+    weights = _reference_weights(q, k, K, normalization, padding)
     out = torch.einsum("bkhw,bckhw->bchw", weights, v_unf)
     return out.to(out_dtype)
 

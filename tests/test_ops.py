@@ -272,3 +272,18 @@ def test_deterministic_torch_backend():
         runs.append((out,) + torch.autograd.grad(out, (q, k, v), torch.ones_like(out)))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("padding", PADS)
+@pytest.mark.parametrize("normalization", NORMS)
+def test_sapa_kernels_reassemble_the_output(normalization, padding):
+    """sapa_kernels returns the weights that sapa_upsample applies to the zero-padded windows."""
+    q, k, v = _inputs(2, 3, 4, 4, 5, 9, 11)
+    K = 3
+    w = sapa.sapa_kernels(q, k, K, normalization, padding)
+    assert w.shape == (2, K * K, 9, 11)
+    rows, cols = window_centres(9, 4), window_centres(11, 5)
+    v_unf = F.unfold(v, K, padding=1).view(2, 4, K * K, 4, 5)[..., rows, :][..., cols]
+    torch.testing.assert_close((w[:, None] * v_unf).sum(2), sapa.sapa_upsample(q, k, v, K, normalization, padding))
+    if normalization == "softmax":
+        torch.testing.assert_close(w.sum(1), torch.ones(2, 9, 11, dtype=w.dtype))
