@@ -214,35 +214,19 @@ def _reference(query, key, value, kernel_size, normalization, padding):
 
 
 # --------------------------------------------------------------------------------------
-# backend "torch": flat padded channels-last layout, strided windows, batched matmuls
+# backend "torch": phase-grouped, row-chunked, channels-last batched matmuls
 # --------------------------------------------------------------------------------------
-# Layout. key and value are zero-padded by R on every side and stored channels-last as one
-# flat sequence of "positions" n = (b * Hp + r) * Wp + c over (B, Hp, Wp), Hp = H + 2R,
-# Wp = W + 2R. The K x K window whose top-left corner is position n covers the positions
-# n + dy * Wp + dx, so for a fixed dy the K windows rows of *all* positions are one strided
-# view of shape (P, K, c) with strides (c, c, 1): no unfold, no copy. Window top-left n is
-# the window *centred* on low-res pixel (r, c) of item b; positions with r >= H or c >= W
-# are unused ("junk") and cost a little extra work (2R/H of the rows and columns).
-#
-# Output pixels are grouped by their window centre: output (i, j) with centre (a, bc) and
-# phase (u, v) (its rank among the output rows/cols sharing that centre) lives at
-# (position of (a, bc), phase u * mc + v) of a (positions, mr * mc, c) buffer. All output
-# pixels of one position share one window, so the weights are one small matmul per dy.
-class _Layout:
-    """Index maps between (B, c, H', W') tensors and the flat (positions, phases, c) layout."""
+class _Phases:
+    """Index maps between output pixels (i, j) and (centre a, b; phase u, v).
 
-    def __init__(self, B: int, Hq: int, Wq: int, H: int, W: int, K: int, device):
-        R = K // 2
-        self.B, self.Hq, self.Wq, self.H, self.W, self.K, self.R = B, Hq, Wq, H, W, K, R
-        self.Hp, self.Wp = H + 2 * R, W + 2 * R
-        self.total = B * self.Hp * self.Wp
-        self.npos = self.total - (K - 1) * self.Wp - (K - 1)  # windows inside the buffer
-        a, u, self.mr = self._axis(Hq, H, device)
-        c, v, self.mc = self._axis(Wq, W, device)
-        item = torch.arange(B, device=device)[:, None, None] * (self.Hp * self.Wp)
-        pos = item + (a * self.Wp)[None, :, None] + c[None, None, :]  # (B, H', W')
-        phase = (u[:, None] * self.mc + v[None, :]).expand(B, Hq, Wq)
-        self.flat = (pos * (self.mr * self.mc) + phase).reshape(-1)  # (B*H'*W',)
+    Output row i has centre a = floor(i*H/H') and phase u = i - first(a), where first(a) is
+    the first output row with centre a; ``mr`` = max number of rows sharing a centre.
+    """
+
+    def __init__(self, Hq: int, Wq: int, H: int, W: int, device):
+        self.a, self.u, self.mr = self._axis(Hq, H, device)
+        self.b, self.v, self.mc = self._axis(Wq, W, device)
+        self.H, self.W = H, W
 
     @staticmethod
     def _axis(n_out: int, n_in: int, device):
@@ -251,139 +235,121 @@ class _Layout:
         phase = torch.arange(n_out, device=device) - first[centre]
         return centre, phase, int(phase.max().item()) + 1
 
-    @property
-    def m(self) -> int:
-        return self.mr * self.mc
-
     def to_phase(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, c, H', W') -> (positions, m, c), zeros at unused entries."""
-        c = t.shape[1]
-        out = t.new_zeros(self.total * self.m, c)
-        out.index_copy_(0, self.flat, t.permute(0, 2, 3, 1).reshape(-1, c))
-        return out.view(self.total, self.m, c)
+        """(B, c, H', W') -> channels-last phased (B, H, W, mr*mc, c), zeros where unused."""
+        B, c = t.shape[:2]
+        out = t.new_zeros(B, self.H, self.W, self.mr, self.mc, c)
+        out[:, self.a[:, None], self.b[None, :], self.u[:, None], self.v[None, :]] = t.permute(0, 2, 3, 1)
+        return out.view(B, self.H, self.W, self.mr * self.mc, c)
 
     def from_phase(self, t: torch.Tensor) -> torch.Tensor:
-        """(positions, m, c) -> (B, c, H', W') contiguous."""
-        c = t.shape[-1]
-        g = t.reshape(-1, c).index_select(0, self.flat)
-        return g.view(self.B, self.Hq, self.Wq, c).permute(0, 3, 1, 2).contiguous()
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, c, H, W) -> zero-padded flat channels-last (positions, c)."""
-        R = self.R
-        return F.pad(x, (R, R, R, R)).permute(0, 2, 3, 1).reshape(self.total, x.shape[1]).contiguous()
-
-    def unpad(self, g: torch.Tensor, dtype) -> torch.Tensor:
-        """Adjoint of :meth:`pad` for a gradient buffer: (positions, c) -> (B, c, H, W)."""
-        R, c = self.R, g.shape[-1]
-        g = g.view(self.B, self.Hp, self.Wp, c)[:, R : R + self.H, R : R + self.W]
-        return g.permute(0, 3, 1, 2).contiguous().to(dtype)
-
-    def window_rows(self, flat: torch.Tensor, n0: int, P: int, dy: int) -> torch.Tensor:
-        """(P, K, c) strided view: window row dy of the windows at positions n0..n0+P-1."""
-        c = flat.shape[-1]
-        return flat.as_strided((P, self.K, c), (c, c, 1), flat.storage_offset() + (n0 + dy * self.Wp) * c)
-
-    def valid(self, n0: int, P: int, device) -> torch.Tensor:
-        """(P, 1, K*K) bool: window entry inside the map (unused positions: all True)."""
-        n = torch.arange(n0, n0 + P, device=device)
-        r = torch.div(n, self.Wp, rounding_mode="floor") % self.Hp
-        c = n % self.Wp
-        off = torch.arange(self.K, device=device) - self.R
-        rr, cc = r[:, None] + off, c[:, None] + off  # (P, K) low-res coordinates
-        ok = ((rr >= 0) & (rr < self.H))[:, :, None] & ((cc >= 0) & (cc < self.W))[:, None, :]
-        junk = ((r >= self.H) | (c >= self.W))[:, None, None]
-        return (ok | junk).reshape(P, 1, self.K * self.K)
-
-    def chunks(self, c: int):
-        """Yield (n0, P) chunks of positions sized to keep temporaries near 16 MB."""
-        per_pos = self.K * max(c, 1) + self.m * self.K * self.K
-        P = max(64, (1 << 22) // per_pos)
-        for n0 in range(0, self.npos, P):
-            yield n0, min(P, self.npos - n0)
+        """Inverse of :meth:`to_phase`: (B, H, W, mr*mc, c) -> (B, c, H', W') (contiguous)."""
+        B, c = t.shape[0], t.shape[-1]
+        t = t.view(B, self.H, self.W, self.mr, self.mc, c)
+        g = t[:, self.a[:, None], self.b[None, :], self.u[:, None], self.v[None, :]]
+        return g.permute(0, 3, 1, 2).contiguous()
 
 
-def _chunk_weights(L: _Layout, qph, kflat, n0, P, normalization, padding):
-    """Logits (P, m, K*K) and weights of the windows at positions n0..n0+P-1."""
-    K = L.K
-    qc = qph[n0 : n0 + P]
-    logits = torch.cat([torch.bmm(qc, L.window_rows(kflat, n0, P, dy).transpose(1, 2)) for dy in range(K)], -1)
-    valid = L.valid(n0, P, qph.device) if padding == "ignore" else None
-    return logits, valid, normalize_logits(logits, valid, normalization, dim=-1)
+def _windows(xpad_cl: torch.Tensor, r0: int, r1: int, K: int) -> torch.Tensor:
+    """K x K windows of low-res rows [r0, r1): (B, r1-r0, W, K*K, c) from padded channels-last."""
+    blk = xpad_cl[:, r0 : r1 + K - 1]
+    B, _, _, c = blk.shape
+    win = blk.unfold(1, K, 1).unfold(2, K, 1)  # (B, T, W, c, K, K), a view
+    T, W = win.shape[1], win.shape[2]
+    return win.permute(0, 1, 2, 4, 5, 3).reshape(B, T, W, K * K, c)
+
+
+def _fold_add_(gpad_cl: torch.Tensor, gwin: torch.Tensor, r0: int, K: int) -> None:
+    """Adjoint of :func:`_windows`: add (B, T, W, K*K, c) window gradients into the padded map."""
+    T, W = gwin.shape[1], gwin.shape[2]
+    for p in range(K * K):
+        dy, dx = divmod(p, K)
+        gpad_cl[:, r0 + dy : r0 + dy + T, dx : dx + W].add_(gwin[:, :, :, p])
+
+
+def _valid_windows(H: int, W: int, K: int, r0: int, r1: int, device, dtype) -> torch.Tensor:
+    ones = F.pad(torch.ones(1, H, W, 1, device=device, dtype=dtype), (0, 0, K // 2, K // 2, K // 2, K // 2))
+    return _windows(ones, r0, r1, K)[..., 0].unsqueeze(-2) > 0  # (1, T, W, 1, K*K)
+
+
+def _row_chunk(B: int, W: int, K: int, C: int, m: int, budget: int = 1 << 22) -> int:
+    per_row = B * W * K * K * max(C, 1) + B * W * m * C
+    return max(1, budget // max(per_row, 1))
+
+
+def _pad_cl(x: torch.Tensor, R: int) -> torch.Tensor:
+    return F.pad(x, (R, R, R, R)).permute(0, 2, 3, 1).contiguous()
 
 
 class _SapaTorchFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, kernel_size, normalization, padding):
         ct = _compute_dtype(query.dtype)
-        B, _, Hq, Wq = query.shape
-        C, H, W = value.shape[1:]
-        K = kernel_size
-        L = _Layout(B, Hq, Wq, H, W, K, query.device)
-        qph = L.to_phase(query.to(ct))
-        kflat, vflat = L.pad(key.to(ct)), L.pad(value.to(ct))
-        out = qph.new_empty(L.total, L.m, C)
-        for n0, P in L.chunks(C):
-            _, _, w = _chunk_weights(L, qph, kflat, n0, P, normalization, padding)
-            o = out[n0 : n0 + P]
-            for dy in range(K):
-                wd = w[:, :, dy * K : (dy + 1) * K].contiguous()
-                vd = L.window_rows(vflat, n0, P, dy)
-                if dy == 0:
-                    torch.bmm(wd, vd, out=o)
-                else:
-                    o.baddbmm_(wd, vd)
+        q, k, v = query.to(ct), key.to(ct), value.to(ct)
+        B, d, Hq, Wq = q.shape
+        C, H, W = v.shape[1:]
+        K, R = kernel_size, kernel_size // 2
+        ph = _Phases(Hq, Wq, H, W, q.device)
+        m = ph.mr * ph.mc
+        qph = ph.to_phase(q)  # (B, H, W, m, d)
+        kpad, vpad = _pad_cl(k, R), _pad_cl(v, R)
+        out_ph = q.new_empty(B, H, W, m, C)
+        T = _row_chunk(B, W, K, C, m)
+        for r0 in range(0, H, T):
+            r1 = min(H, r0 + T)
+            kwin = _windows(kpad, r0, r1, K)  # (B, T, W, K*K, d)
+            logits = torch.matmul(qph[:, r0:r1], kwin.transpose(-1, -2))  # (B, T, W, m, K*K)
+            valid = _valid_windows(H, W, K, r0, r1, q.device, ct) if padding == "ignore" else None
+            w = normalize_logits(logits, valid, normalization, dim=-1)
+            out_ph[:, r0:r1] = torch.matmul(w, _windows(vpad, r0, r1, K))
         ctx.save_for_backward(query, key, value)
         ctx.cfg = (kernel_size, normalization, padding)
-        return L.from_phase(out).to(query.dtype)
+        return ph.from_phase(out_ph).to(query.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         query, key, value = ctx.saved_tensors
         kernel_size, normalization, padding = ctx.cfg
         ct = _compute_dtype(query.dtype)
-        B, _, Hq, Wq = query.shape
-        C, H, W = value.shape[1:]
-        K = kernel_size
-        L = _Layout(B, Hq, Wq, H, W, K, query.device)
-        qph = L.to_phase(query.to(ct))
-        gph = L.to_phase(grad_out.to(ct))
-        kflat, vflat = L.pad(key.to(ct)), L.pad(value.to(ct))
+        q, k, v = query.to(ct), key.to(ct), value.to(ct)
+        B, d, Hq, Wq = q.shape
+        C, H, W = v.shape[1:]
+        K, R = kernel_size, kernel_size // 2
+        ph = _Phases(Hq, Wq, H, W, q.device)
+        m = ph.mr * ph.mc
+        qph = ph.to_phase(q)
+        gph = ph.to_phase(grad_out.to(ct))  # (B, H, W, m, C)
+        kpad, vpad = _pad_cl(k, R), _pad_cl(v, R)
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        gq = torch.zeros_like(qph) if need_q else None
-        gk = torch.zeros_like(kflat) if need_k else None
-        gv = torch.zeros_like(vflat) if need_v else None
-        Wp = L.Wp
-        for n0, P in L.chunks(C):
-            logits, valid, w = _chunk_weights(L, qph, kflat, n0, P, normalization, padding)
-            g = gph[n0 : n0 + P]
+        gq_ph = torch.zeros_like(qph) if need_q else None
+        gkpad = torch.zeros_like(kpad) if need_k else None
+        gvpad = torch.zeros_like(vpad) if need_v else None
+        T = _row_chunk(B, W, K, C, m)
+        for r0 in range(0, H, T):
+            r1 = min(H, r0 + T)
+            kwin = _windows(kpad, r0, r1, K)
+            vwin = _windows(vpad, r0, r1, K)  # (B, T, W, K*K, C)
+            qc, gc = qph[:, r0:r1], gph[:, r0:r1]
+            logits = torch.matmul(qc, kwin.transpose(-1, -2))
+            valid = _valid_windows(H, W, K, r0, r1, q.device, ct) if padding == "ignore" else None
+            w = normalize_logits(logits, valid, normalization, dim=-1)
             if need_v:
-                for dy in range(K):
-                    wd = w[:, :, dy * K : (dy + 1) * K].transpose(1, 2).contiguous()
-                    gvd = torch.bmm(wd, g)  # (P, K, C)
-                    for dx in range(K):
-                        s = n0 + dy * Wp + dx
-                        gv[s : s + P].add_(gvd[:, dx])
+                _fold_add_(gvpad, torch.matmul(w.transpose(-1, -2), gc), r0, K)
             if need_q or need_k:
-                gw = torch.cat([torch.bmm(g, L.window_rows(vflat, n0, P, dy).transpose(1, 2)) for dy in range(K)], -1)
+                gw = torch.matmul(gc, vwin.transpose(-1, -2))  # (B, T, W, m, K*K)
                 gl = _normalize_backward(logits, w, gw, valid, normalization, dim=-1)
-                for dy in range(K):
-                    gld = gl[:, :, dy * K : (dy + 1) * K].contiguous()
-                    if need_q:
-                        gq[n0 : n0 + P].baddbmm_(gld, L.window_rows(kflat, n0, P, dy))
-                    if need_k:
-                        gkd = torch.bmm(gld.transpose(1, 2).contiguous(), qph[n0 : n0 + P])  # (P, K, d)
-                        for dx in range(K):
-                            s = n0 + dy * Wp + dx
-                            gk[s : s + P].add_(gkd[:, dx])
-        return (
-            L.from_phase(gq).to(query.dtype) if need_q else None,
-            L.unpad(gk, key.dtype) if need_k else None,
-            L.unpad(gv, value.dtype) if need_v else None,
-            None,
-            None,
-            None,
-        )
+                if need_q:
+                    gq_ph[:, r0:r1] = torch.matmul(gl, kwin)
+                if need_k:
+                    _fold_add_(gkpad, torch.matmul(gl.transpose(-1, -2), qc), r0, K)
+
+        def unpad(g, dtype):
+            return g[:, R : R + H, R : R + W].permute(0, 3, 1, 2).contiguous().to(dtype)
+
+        gq = ph.from_phase(gq_ph).to(query.dtype) if need_q else None
+        gk = unpad(gkpad, key.dtype) if need_k else None
+        gv = unpad(gvpad, value.dtype) if need_v else None
+        return gq, gk, gv, None, None, None
 
 
 def _torch_backend(query, key, value, kernel_size, normalization, padding):
