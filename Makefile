@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 REQS   := requirements.txt requirements-dev.txt constraints-ci.txt pyproject.toml
 
-.PHONY: venv test test-fast book bench clean
+.PHONY: venv test test-fast book bench clean notebooks toc browser book-screenshots
 
 venv: $(STAMP)
 
@@ -29,3 +29,31 @@ bench: $(STAMP)
 
 clean:
 	rm -rf _build .pytest_cache
+
+# ---- the book (Jupyter Book 1.x) ------------------------------------------------------
+# `make book`: write _toc.yml from the chapters that exist, execute every notebook (quick
+# profile unless SAPA_PROFILE is set), build the HTML into _build/html with every Sphinx
+# warning turned into an error. MathJax is copied from the django-static-mathjax package.
+SAPA_PROFILE ?= quick
+export SAPA_PROFILE
+JB := $(VENV)/bin/jupyter-book
+
+toc: $(STAMP)
+	$(PY) book/make_toc.py
+
+book: $(STAMP)
+	$(PY) book/make_toc.py
+	$(JB) build . --all -W -n --keep-going --builder html
+
+# Rewrite the committed notebooks from their generators (notebooks/src/make_*.py).
+notebooks: $(STAMP)
+	for f in notebooks/src/make_*.py; do $(PY) $$f || exit 1; done
+
+# Headless Chromium (Debian's package) for the browser test of the rendered book.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	test -x $(CHROMIUM) || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+
+# Screenshots of the rendered book in _build/screenshots (needs `make book` first).
+book-screenshots: $(STAMP) browser
+	SAPA_BOOK_PREBUILT=1 $(PY) -m pytest -q tests/test_book.py -k browser
