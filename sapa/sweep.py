@@ -231,7 +231,17 @@ def main(argv=None) -> int:
                  ("profile", "epochs", "size", "train_samples", "val_samples", "batch_size", "lr", "width",
                   "max_steps_per_epoch")}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    t0 = time.time()
     run_sweep(a.grid, a.seeds, a.out, a.runs, a.workers, overrides, a.upsamplers)
+    meta = dict(
+        command="python -m sapa.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+        seconds=round(time.time() - t0, 1),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        machine=f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {a.workers} worker process(es) x 1 thread",
+        train_overrides=overrides, seeds=a.seeds, grid=a.grid,
+    )
+    with open(Path(a.out).with_suffix(".json"), "w") as f:
+        json.dump(meta, f, indent=1)
     return 0
 
 
