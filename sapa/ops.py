@@ -404,7 +404,11 @@ def sapa_upsample(
     else:
         check_choice("backend", backend, tuple(_BACKENDS) + ("auto",))
         if not _BACKEND_AVAILABLE[backend](query):
+            hint = ""
+            if backend == "triton":
+                hint = (" (the Triton backend runs on CUDA tensors in float32/float16/bfloat16; on CPU "
+                        "tensors only in a process started with TRITON_INTERPRET=1)")
             raise ValueError(
-                f"backend {backend!r} cannot run on {query.device} tensors of dtype {query.dtype}"
+                f"backend {backend!r} cannot run on {query.device} tensors of dtype {query.dtype}{hint}"
             )
     return _BACKENDS[backend](query, key, value, kernel_size, normalization, padding)
