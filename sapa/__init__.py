@@ -19,5 +19,7 @@ from .module import SAPA, VARIANTS
 from .profiles import get_profile
 from .upsamplers import available_upsamplers, build_upsampler
 from . import complexity
+from . import plotting, results
+from . import data, metrics, models  # sapa.train is run as `python -m sapa.train`
 
 __version__ = "0.1.0"

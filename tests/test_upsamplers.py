@@ -1,0 +1,326 @@
+"""Tests of the upsampler zoo (sapa.upsamplers)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sapa
+from sapa.ops import sapa_upsample
+from sapa.upsamplers import GUIDED, available_upsamplers, build_upsampler, reassemble
+
+NAMES = available_upsamplers()
+INTEGER_SCALE = ("deconv", "pixelshuffle", "carafe", "dysample", "indexnet-hin", "indexnet-m2o", "a2u")
+FREE_SIZE = ("nearest", "bilinear", "fade", "sapa-i", "sapa-b", "sapa-p", "sapa-g", "sapa-d")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_names():
+    assert set(NAMES) == {
+        "nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "indexnet-hin", "indexnet-m2o",
+        "a2u", "fade", "dysample", "sapa-i", "sapa-b", "sapa-p", "sapa-g", "sapa-d",
+    }
+    assert set(GUIDED) <= set(NAMES)
+    assert set(INTEGER_SCALE) | set(FREE_SIZE) == set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_and_gradients(name):
+    torch.manual_seed(0)
+    m = build_upsampler(name, 16)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    y = torch.randn(2, 16, 16, 16, requires_grad=True)
+    out = m(x, y)
+    assert out.shape == (2, 16, 16, 16)
+    assert torch.isfinite(out).all()
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    if name in GUIDED:
+        assert y.grad is not None and y.grad.abs().sum() > 0
+    else:
+        assert y.grad is None  # guide-free: y only gives the size
+    for pname, p in m.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient for {pname}"
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}: zero gradient for {pname}"
+    assert m.extra_repr() and "in_channels=16" in repr(m)
+    assert type(m).__doc__ and "(B, C" in type(m).__doc__
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in GUIDED])
+def test_guide_free_without_guide(name):
+    m = build_upsampler(name, 8, scale_factor=2)
+    assert m(torch.randn(1, 8, 5, 6)).shape == (1, 8, 10, 12)
+
+
+@pytest.mark.parametrize("name", ["nearest", "bilinear"])
+def test_guide_free_follows_guide_size(name):
+    m = build_upsampler(name, 8)
+    assert m(torch.randn(1, 8, 5, 6), torch.randn(1, 3, 11, 13)).shape == (1, 8, 11, 13)
+
+
+@pytest.mark.parametrize("name", ["fade", "sapa-b", "sapa-g", "sapa-d"])
+def test_guided_non_integer_sizes(name):
+    m = build_upsampler(name, 8)
+    assert m(torch.randn(1, 8, 5, 6), torch.randn(1, 8, 11, 13)).shape == (1, 8, 11, 13)
+
+
+@pytest.mark.parametrize("s", [3, 4])
+@pytest.mark.parametrize("name", ["deconv", "pixelshuffle", "carafe", "dysample", "indexnet-hin", "indexnet-m2o", "a2u"])
+def test_other_integer_scales(name, s):
+    m = build_upsampler(name, 8, scale_factor=s)
+    assert m(torch.randn(2, 8, 4, 5), torch.randn(2, 8, 4 * s, 5 * s)).shape == (2, 8, 4 * s, 5 * s)
+
+
+# ------------------------------------------------------------------------------------
+# float64 gradcheck on tiny inputs, w.r.t. x and y.
+# All designs are smooth almost everywhere and are checked. Caveats per name:
+# * nearest, indexnet-*: the nearest copy is an index op, linear in x, hence exact;
+#   IndexNet's ReLU6 has kinks at 0 and 6 that random inputs do not hit.
+# * dysample, sapa-d: bilinear sampling is piecewise linear in the sampling position, with
+#   kinks where a point crosses a pixel row/column; offsets are made non-trivial (std 0.3)
+#   and random so no point sits within the finite-difference step of a kink.
+# * sapa-d at zero offsets would sample exactly at the kinks (integer positions): avoided.
+# * sapa-i/b/p/g run on the "reference" backend with K = 3 (speed; the backends are
+#   gradchecked in test_ops.py).
+# ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck(name):
+    torch.manual_seed(1)
+    opts = {"compressed_channels": 8} if name == "carafe" else {}
+    if name in ("sapa-i", "sapa-b", "sapa-p", "sapa-g"):
+        # the fast backends' own gradchecks live in test_ops.py; here: the module around it
+        opts = {"backend": "reference", "kernel_size": 3}
+    m = build_upsampler(name, 4, **opts).double()
+    if name in ("dysample", "sapa-d"):
+        torch.nn.init.normal_(m.offset.weight, std=0.3)
+        torch.nn.init.normal_(m.offset.bias, std=0.3)
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 4, 6, 6, dtype=torch.float64, requires_grad=name in GUIDED)
+    inputs = (x, y) if name in GUIDED else (x,)
+    fn = (lambda a, b: m(a, b)) if name in GUIDED else (lambda a: m(a, y))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------
+# parameter counts from the published designs (formulas, not the code)
+# ------------------------------------------------------------------------------------
+def expected_params(name, C, Cy, s=2):
+    LN = 2 * Cy + 2 * C
+    d = 32
+    return {
+        "nearest": 0,
+        "bilinear": 0,
+        "deconv": C * C * (2 * s) ** 2 + C,
+        "pixelshuffle": s * s * C * C + s * s * C,
+        # compressor 1x1 C->64 (+bias), encoder 3x3 64 -> s^2 K^2 (+bias), K = 5
+        "carafe": (C * 64 + 64) + (9 * 64 * s * s * 25 + s * s * 25),
+        # conv 4x4 Cy->2Cy, BN(2Cy), conv 1x1 2Cy->4, no biases
+        "indexnet-hin": 16 * Cy * 2 * Cy + 2 * 2 * Cy + 2 * Cy * 4,
+        # four branches: conv 4x4 C->C, BN(C), conv 1x1 C->C
+        "indexnet-m2o": 4 * (16 * C * C + 2 * C + C * C),
+        # U, V filter generators Cy->1 (+bias), two GroupNorms, P: Cy -> 4 K^2 (+bias), K = 3
+        "a2u": 2 * (Cy + 1) + 2 * 2 * Cy + (Cy + 1) * 4 * 9,
+        # en 1x1 C->64 (+bias), de 1x1 C->64, shared 3x3 64->25 (+bias), gate C->1 (+bias)
+        "fade": (C * 64 + 64) + C * 64 + (9 * 64 * 25 + 25) + (C + 1),
+        # offset 1x1 C -> 2 * 4 groups * s^2 (+bias)
+        "dysample": (C + 1) * 2 * 4 * s * s,
+        "sapa-i": LN,
+        "sapa-b": LN + (Cy + 1) * d + (C + 1) * d,
+        "sapa-p": LN + (Cy + C + 1) * d + (C + 1) * d,
+        "sapa-g": LN + (Cy + 1) * d + 2 * (C + 1) * d + (C + 1),
+        # SAPA-B + offsets 1x1 d -> 2 * 4 groups * 9 points (+bias)
+        "sapa-d": LN + (Cy + 1) * d + (C + 1) * d + (d + 1) * 2 * 4 * 9,
+    }[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_counts(name):
+    C = 16
+    Cy = C if name in ("indexnet-m2o", "fade", "sapa-i") else 24
+    m = build_upsampler(name, C, Cy)
+    assert sum(p.numel() for p in m.parameters()) == expected_params(name, C, Cy)
+
+
+def test_param_counts_paper_c256():
+    # the paper's Table 1 terms, C = 256, plus what the paper leaves out
+    C = 256
+    n = lambda name: sum(p.numel() for p in build_upsampler(name, C).parameters())  # noqa: E731
+    assert n("carafe") == C * 64 + 36 * 25 * 64 + (64 + 100)  # Cd + 36K^2 d + biases
+    assert n("indexnet-hin") == 32 * C * C + 8 * C + 4 * C  # + BatchNorm(2C)
+    assert n("indexnet-m2o") == 68 * C * C + 8 * C  # + four BatchNorm(C)
+    assert n("a2u") == 4 * 9 * C + 2 * C + (4 * C + 36 + 2)  # + GroupNorms, biases
+    assert n("sapa-b") == 2 * C * 32 + (4 * C + 2 * 32)  # + LayerNorms, biases
+
+
+# ------------------------------------------------------------------------------------
+# numerics against independent formulations
+# ------------------------------------------------------------------------------------
+def test_reassemble_matches_unfold():
+    torch.manual_seed(2)
+    for (H, W, Hq, Wq, K) in [(5, 6, 10, 12, 5), (4, 4, 9, 7, 3)]:
+        x = torch.randn(2, 3, H, W, dtype=torch.float64)
+        k = torch.randn(2, K * K, Hq, Wq, dtype=torch.float64)
+        rows = sapa.window_centres(Hq, H)
+        cols = sapa.window_centres(Wq, W)
+        unf = F.unfold(x, K, padding=K // 2).view(2, 3, K * K, H, W)[..., rows, :][..., cols]
+        ref = torch.einsum("bkhw,bckhw->bchw", k, unf)
+        torch.testing.assert_close(reassemble(x, k, K), ref)
+
+
+def test_reassemble_bad_kernels():
+    with pytest.raises(ValueError, match="kernels"):
+        reassemble(torch.randn(1, 2, 4, 4), torch.randn(1, 24, 8, 8), 5)
+
+
+def test_carafe_uniform_kernels_is_box_filter():
+    m = build_upsampler("carafe", 6)
+    torch.nn.init.zeros_(m.encoder.weight)
+    x = torch.randn(2, 6, 5, 7)
+    ref = sapa.nearest_upsample_to(F.avg_pool2d(x, 5, 1, 2, count_include_pad=True), (10, 14))
+    torch.testing.assert_close(m(x), ref)
+
+
+def test_dysample_zero_offsets_is_bilinear():
+    m = build_upsampler("dysample", 8)
+    torch.nn.init.zeros_(m.offset.weight)
+    x = torch.randn(2, 8, 5, 7)
+    torch.testing.assert_close(m(x), F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+def test_sapa_d_zero_offsets_is_sapa_k3():
+    torch.manual_seed(3)
+    m = build_upsampler("sapa-d", 8, 6, groups=1).double()
+    torch.nn.init.zeros_(m.offset.weight)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    y = torch.randn(2, 6, 11, 12, dtype=torch.float64)
+    q, k = m.query_key(x, y)
+    ref = sapa_upsample(q, k, x, kernel_size=3, backend="reference")
+    torch.testing.assert_close(m(x, y), ref)
+
+
+def test_sapa_wrapper_matches_module():
+    m = build_upsampler("sapa-g", 8, 12, kernel_size=3)
+    x, y = torch.randn(2, 8, 4, 4), torch.randn(2, 12, 8, 8)
+    torch.testing.assert_close(m(x, y), m.sapa(x, y))
+
+
+def test_fade_gate_open_returns_guide():
+    m = build_upsampler("fade", 4)
+    torch.nn.init.zeros_(m.gate.weight)
+    torch.nn.init.constant_(m.gate.bias, 50.0)
+    x, y = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 8, 8)
+    torch.testing.assert_close(m(x, y), y)
+
+
+def test_indexnet_is_index_times_nearest():
+    m = build_upsampler("indexnet-hin", 4)
+    x, y = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 6, 10)
+    out = m(x, y)
+    idx = m.decoder_index(y)
+    assert idx.shape == (2, 1, 6, 10) and (idx > 0).all() and (idx < 1).all()
+    torch.testing.assert_close(out, idx * sapa.nearest_upsample_to(x, (6, 10)))
+
+
+@pytest.mark.parametrize("name", ["carafe", "a2u", "fade"])
+def test_kernels_are_normalised(name):
+    m = build_upsampler(name, 4)
+    x, y = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 8, 8)
+    k = m.kernels(x) if name == "carafe" else m.kernels(y) if name == "a2u" else m.kernels(x, y)
+    torch.testing.assert_close(k.sum(1), torch.ones(1, 8, 8))
+
+
+# ------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------
+def test_unknown_name():
+    with pytest.raises(ValueError, match="name"):
+        build_upsampler("bicubic", 4)
+    with pytest.raises(TypeError, match="name"):
+        build_upsampler(3, 4)
+
+
+def test_unknown_option():
+    with pytest.raises(TypeError, match="kernel_sise"):
+        build_upsampler("carafe", 4, kernel_sise=3)
+    with pytest.raises(TypeError, match="groups"):
+        build_upsampler("sapa-b", 4, groups=2)
+
+
+def test_bad_construction():
+    with pytest.raises(TypeError, match="in_channels"):
+        build_upsampler("nearest", 4.0)
+    with pytest.raises(ValueError, match="scale_factor"):
+        build_upsampler("carafe", 4, scale_factor=0)
+    with pytest.raises(ValueError, match="guide_channels"):
+        build_upsampler("indexnet-m2o", 4, 8)
+    with pytest.raises(ValueError, match="guide_channels"):
+        build_upsampler("fade", 4, 8)
+    with pytest.raises(ValueError, match="groups"):
+        build_upsampler("dysample", 6)
+    with pytest.raises(ValueError, match="kernel_size"):
+        build_upsampler("carafe", 4, kernel_size=4)
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_missing_guide(name):
+    m = build_upsampler(name, 8)
+    with pytest.raises(ValueError, match="y"):
+        m(torch.randn(1, 8, 4, 4))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_x_channels(name):
+    m = build_upsampler(name, 8)
+    with pytest.raises(ValueError, match=r"in_channels=8.*\(1, 5, 4, 4\)"):
+        m(torch.randn(1, 5, 4, 4), torch.randn(1, 8, 8, 8))
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_wrong_guide_channels(name):
+    m = build_upsampler(name, 8)
+    with pytest.raises(ValueError, match=r"guide_channels=8.*\(1, 3, 8, 8\)"):
+        m(torch.randn(1, 8, 4, 4), torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", INTEGER_SCALE)
+def test_integer_scale_rejects_other_sizes(name):
+    m = build_upsampler(name, 8)
+    with pytest.raises(ValueError, match=r"scale_factor.*\(1, 8, 4, 4\).*\(1, 8, 9, 8\)"):
+        m(torch.randn(1, 8, 4, 4), torch.randn(1, 8, 9, 8))
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_guided_bad_guides(name):
+    m = build_upsampler(name, 8)
+    x = torch.randn(2, 8, 4, 4)
+    with pytest.raises(ValueError, match="batch"):
+        m(x, torch.randn(3, 8, 8, 8))
+    with pytest.raises(TypeError, match="y"):
+        m(x, torch.randn(2, 8, 8, 8).numpy())
+    with pytest.raises(ValueError, match="y"):
+        m(x, torch.randn(8, 8, 8))
+    if name not in INTEGER_SCALE:
+        with pytest.raises(ValueError, match="at least as large"):
+            m(x, torch.randn(2, 8, 3, 8))
+
+
+def test_sapa_d_kernels_and_dysample_offsets():
+    m = build_upsampler("sapa-d", 8)
+    x, y = torch.randn(2, 8, 4, 5), torch.randn(2, 8, 8, 10)
+    w, pts = m.kernels(x, y)
+    assert w.shape == (2, 4, 9, 8, 10) and pts.shape == (2, 4, 9, 8, 10, 2)
+    torch.testing.assert_close(w.sum(2), torch.ones(2, 4, 8, 10))
+    d = build_upsampler("dysample", 8)
+    off = d.offsets(x)
+    assert off.shape == (2, 2, 4, 8, 10)
+    assert d.offsets(x, learned_only=True).abs().max() < 0.05
+    torch.testing.assert_close(off[:, :, :, 0::2, 0::2] - off[:, :, :, 1::2, 1::2],
+                               d.offsets(x, learned_only=True)[:, :, :, 0::2, 0::2]
+                               - d.offsets(x, learned_only=True)[:, :, :, 1::2, 1::2] - 0.5)
