@@ -161,9 +161,10 @@ def _notes(C: int, d: int, K: int) -> Dict[str, str]:
             f"(+{2 * d + 4 * C}). LayerNorm on both inputs (10C per low-res pixel) is in the norm column."
         ),
         "SAPA-G": (
-            "Counted: 9Cd + C + 8d + 4K^2d + 4K^2C. The paper's 5Cd omits the query projection "
-            "of the upsampled decoder feature (P_xx, 4Cd at high resolution; it could be Cd by "
-            "projecting before the nearest upsampling), and its total writes 5d for the gated "
+            "Counted: 6Cd + C + 8d + 4K^2d + 4K^2C. The paper's 5Cd omits the query projection "
+            "of the decoder feature (P_xx: Cd, because sapa.SAPA projects x at low resolution "
+            "and then upsamples, which commutes with nearest upsampling; projecting after the "
+            "upsampling, as the official code does, costs 4Cd), and its total writes 5d for the gated "
             "mix where its own row (2) says 8d (2 multiplies x d x 4 pixels). Params: the paper's "
             "2Cd + C also omits P_xx (Cd); +3d + 1 biases, +4C LayerNorm affines."
         ),

@@ -136,14 +136,20 @@ class SAPA(nn.Module):
             return y_n, x_n
         key = _project(x_n, self.k_x)
         size = y.shape[-2:]
+        # A per-pixel linear map commutes with nearest upsampling, so the x branches are
+        # projected at low resolution and then upsampled (same result, (H'W')/(HW) cheaper).
         if self.variant == "B":
             query = _project(y_n, self.q_y)
-        elif self.variant == "P":
-            query = _project(torch.cat([y_n, nearest_upsample_to(x, size)], dim=1), self.q_yx)
-        else:  # "G"
-            g = torch.sigmoid(_project(x_n, self.gate))
-            g = nearest_upsample_to(g, size)
-            query = g * _project(y_n, self.q_y) + (1 - g) * _project(nearest_upsample_to(x, size), self.q_x)
+        elif self.variant == "P":  # Linear([LN(y); up(x)]) = W_y LN(y) + up(W_x x) + b
+            Cy = self.guide_channels
+            w, b = self.q_yx.weight, self.q_yx.bias
+            q_y = F.linear(y_n.permute(0, 2, 3, 1), w[:, :Cy], b).permute(0, 3, 1, 2)
+            q_x = F.linear(x.permute(0, 2, 3, 1), w[:, Cy:]).permute(0, 3, 1, 2)
+            query = q_y + nearest_upsample_to(q_x, size)
+        else:  # "G": g * P_y LN(y) + (1 - g) * P_xx up(x), g = up(sigmoid(P_g LN(x)))
+            g = nearest_upsample_to(torch.sigmoid(_project(x_n, self.gate)), size)
+            q_x = nearest_upsample_to(_project(x, self.q_x), size)
+            query = g * _project(y_n, self.q_y) + (1 - g) * q_x
         return query, key
 
     def kernels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

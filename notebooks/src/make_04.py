@@ -311,8 +311,10 @@ glue("sapa_g_k", f"{t['SAPA-G']['macs_per_hw'] / 1e3:.1f}K")"""),
 CARAFE {glue:}`carafe_k` (paper: 99K), IndexNet-HIN {glue:}`hin_m` (2M), A2U {glue:}`a2u_k`
 (28K) and SAPA-B {glue:}`sapa_b_k` (70K). The notes list what the formulas leave out:
 biases and normalisation parameters in every parameter count, A2U's per-sample filter
-generators, and, for SAPA-G, the query projection of the upsampled decoder feature
-($4Cd$ MACs and $Cd$ parameters), which is why we count {glue:}`sapa_g_k` for SAPA-G.
+generators, and, for SAPA-G, the query projection of the decoder feature ($Cd$ MACs and
+$Cd$ parameters: the package projects $x$ at low resolution and then upsamples it, which
+gives the same query as projecting the upsampled $x$ at four times the cost), which is why
+we count {glue:}`sapa_g_k` for SAPA-G.
 
 SAPA's cost is dominated by the assembly $4K^2C$, shared with CARAFE and A2U; its kernel
 generation ($5Cd + 4K^2d$) is cheaper than CARAFE's ($Cd + 36K^2d$), and IndexNet's strided
