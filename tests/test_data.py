@@ -1,0 +1,144 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sapa.data import (
+    SYNTHETIC_CLASSES,
+    ImageMaskFolder,
+    OxfordPets,
+    SyntheticShapes,
+    make_dataset,
+)
+
+
+def test_synthetic_shapes_types_and_determinism():
+    seed = random.randrange(1000)
+    ds = SyntheticShapes(6, size=(40, 48), seed=seed)
+    img, mask = ds[3]
+    assert img.shape == (3, 40, 48) and img.dtype == torch.float32
+    assert mask.shape == (40, 48) and mask.dtype == torch.int64
+    assert 0 <= float(img.min()) and float(img.max()) <= 1
+    assert int(mask.max()) < len(SYNTHETIC_CLASSES)
+    # sample i depends only on (seed, split, i): not on the dataset length or access order
+    other = SyntheticShapes(100, size=(40, 48), seed=seed)
+    img2, mask2 = other[3]
+    assert torch.equal(img, img2) and torch.equal(mask, mask2)
+    assert not torch.equal(ds[3][0], SyntheticShapes(6, size=(40, 48), seed=seed + 1)[3][0])
+    assert not torch.equal(ds[3][0], SyntheticShapes(6, size=(40, 48), seed=seed, split="val")[3][0])
+
+
+def test_synthetic_shapes_classes_present():
+    ds = SyntheticShapes(40, size=64, seed=random.randrange(1000))
+    seen = torch.zeros(len(SYNTHETIC_CLASSES), dtype=torch.long)
+    for i in range(len(ds)):
+        seen += torch.bincount(ds[i][1].flatten(), minlength=len(SYNTHETIC_CLASSES))
+    assert (seen > 0).all(), seen
+    two = SyntheticShapes(10, size=32, num_classes=2)
+    assert all(int(two[i][1].max()) <= 1 for i in range(10))
+    with pytest.raises(ValueError, match="num_classes"):
+        SyntheticShapes(4, num_classes=9)
+    with pytest.raises(ValueError, match="split"):
+        SyntheticShapes(4, split="dev")
+
+
+def _write_pair(folder, stem, h, w, mh=None, mw=None, n_classes=3, ext=".png"):
+    rng = np.random.default_rng()
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / "images" / f"{stem}{ext}")
+    m = rng.integers(0, n_classes, (mh or h, mw or w), dtype=np.uint8)
+    Image.fromarray(m).save(folder / "masks" / f"{stem}.png")
+    return m
+
+
+def test_image_mask_folder(tmp_path):
+    m0 = _write_pair(tmp_path, "a", 20, 24)
+    _write_pair(tmp_path, "b", 20, 24, ext=".jpg")
+    ds = ImageMaskFolder(tmp_path)
+    assert len(ds) == 2 and ds.num_classes >= 2
+    img, mask = ds[0]
+    assert img.shape == (3, 20, 24) and mask.dtype == torch.int64
+    assert torch.equal(mask, torch.from_numpy(m0.astype(np.int64)))
+    img, mask = ImageMaskFolder(tmp_path, size=16)[1]
+    assert img.shape == (3, 16, 16) and mask.shape == (16, 16)
+
+
+def test_image_mask_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageMaskFolder(tmp_path / "nowhere")
+    _write_pair(tmp_path, "a", 12, 12)
+    (tmp_path / "images" / "lonely.png").write_bytes((tmp_path / "images" / "a.png").read_bytes())
+    with pytest.raises(FileNotFoundError, match="lonely"):
+        ImageMaskFolder(tmp_path)
+    (tmp_path / "images" / "lonely.png").unlink()
+    _write_pair(tmp_path, "big", 12, 12, mh=10, mw=12)
+    with pytest.raises(ValueError, match="big"):
+        ImageMaskFolder(tmp_path)
+    (tmp_path / "images" / "big.png").unlink()
+    (tmp_path / "masks" / "big.png").unlink()
+    (tmp_path / "images" / "broken.png").write_bytes(b"not an image at all")
+    (tmp_path / "masks" / "broken.png").write_bytes((tmp_path / "masks" / "a.png").read_bytes())
+    with pytest.raises(ValueError, match="broken.png"):
+        ImageMaskFolder(tmp_path)
+
+
+def test_image_mask_folder_truncated_image(tmp_path):
+    _write_pair(tmp_path, "a", 32, 32)
+    data = (tmp_path / "images" / "a.png").read_bytes()
+    (tmp_path / "images" / "a.png").write_bytes(data[: len(data) // 2])  # header intact
+    ds = ImageMaskFolder(tmp_path)
+    with pytest.raises(ValueError, match="a.png"):
+        ds[0]
+
+
+def _fake_pets(root, names_trainval, names_test, h=18, w=22):
+    rng = np.random.default_rng()
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    for name in names_trainval + names_test:
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{name}.jpg")
+        tri = rng.integers(1, 4, (h, w), dtype=np.uint8)
+        Image.fromarray(tri).save(root / "annotations" / "trimaps" / f"{name}.png")
+    (root / "annotations" / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in names_trainval))
+    (root / "annotations" / "test.txt").write_text("".join(f"{n} 2 2 1\n" for n in names_test))
+
+
+def test_oxford_pets_layout(tmp_path):
+    _fake_pets(tmp_path / "oxford-iiit-pet", ["Abyssinian_1", "beagle_2"], ["Bengal_3"])
+    ds = OxfordPets(tmp_path, split="trainval", size=16)
+    assert len(ds) == 2 and ds.num_classes == 3
+    img, mask = ds[1]
+    assert img.shape == (3, 16, 16) and mask.shape == (16, 16)
+    # trimap 1 = pet -> 1, 2 = background -> 0, 3 = border -> 2
+    tri = np.asarray(Image.open(tmp_path / "oxford-iiit-pet" / "annotations" / "trimaps" / "beagle_2.png"))
+    full = OxfordPets(tmp_path, split="trainval", size=tri.shape)[1][1]
+    expected = torch.from_numpy(np.choose(tri.astype(np.int64) - 1, [1, 0, 2]))
+    assert torch.equal(full, expected)
+    ign = OxfordPets(tmp_path, split="test", size=tri.shape, border="ignore")
+    assert ign.num_classes == 2 and ign.ignore_index == 255 and len(ign) == 1
+    assert set(torch.unique(ign[0][1]).tolist()) <= {0, 1, 255}
+    val = make_dataset("oxford-pets", split="val", root=tmp_path, size=16)
+    assert len(val) == 1
+
+
+def test_oxford_pets_missing_no_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        OxfordPets(tmp_path)
+
+
+def test_make_dataset_dispatch(tmp_path):
+    ds = make_dataset("synthetic", split="val", size=32, num_samples=5)
+    assert len(ds) == 5 and ds[0][0].shape == (3, 32, 32)
+    for k in range(5):
+        _write_pair(tmp_path, f"im{k}", 16, 16)
+    tr = make_dataset("folder", split="train", root=tmp_path, size=16)
+    va = make_dataset("folder", split="val", root=tmp_path, size=16)
+    assert len(tr) + len(va) == 5 and not set(tr.stems) & set(va.stems)
+    assert tr.num_classes == va.num_classes
+    with pytest.raises(ValueError, match="unknown dataset"):
+        make_dataset("imagenet")
+    with pytest.raises(FileNotFoundError, match="missing_dir"):
+        make_dataset("folder", root=tmp_path / "missing_dir")
