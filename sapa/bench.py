@@ -121,23 +121,29 @@ def _case_in_subprocess(**case) -> Dict:
 
 
 def run(methods=None, sizes=(16, 32, 64), B=2, C=256, d=32, K=5, scale=2, dtype="float32",
-        device=None, passes=("forward", "forward+backward"), progress=True) -> List[Dict]:
-    """Run every (method, size, pass) case; returns a list of result dicts."""
+        device=None, passes=("forward", "forward+backward"), progress=True, min_time: float = 1.0,
+        max_runs: int = 50) -> List[Dict]:
+    """Run every (method, size, pass) case; returns a list of result dicts.
+
+    Each case is timed for at least 3 runs and ``min_time`` seconds (at most ``max_runs`` runs).
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if methods is None:
         methods = [m for m in available_backends() if m != "triton" or device.startswith("cuda")]
         methods.append("bilinear")
     cases = [(m, H, p) for H in sizes for p in passes for m in methods]
-    try:
-        from tqdm.auto import tqdm
+    it = cases
+    if progress:
+        try:
+            from tqdm.auto import tqdm
 
-        it = tqdm(cases, desc="bench", disable=not progress)
-    except ImportError:  # pragma: no cover
-        it = cases
+            it = tqdm(cases, desc="bench")
+        except ImportError:  # pragma: no cover
+            pass
     results = []
     for m, H, p in it:
         case = dict(method=m, B=B, C=C, d=d, H=H, scale=scale, K=K, dtype=dtype, device=device,
-                    backward=(p != "forward"))
+                    backward=(p != "forward"), min_time=min_time, max_runs=max_runs)
         results.append(_case_in_subprocess(**case) if device == "cpu" else run_case(**case))
     for r in results:
         ref = next((x for x in results if x["method"] == "reference" and x["H"] == r["H"]

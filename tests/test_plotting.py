@@ -1,0 +1,139 @@
+"""sapa.plotting: image helpers (shapes, ranges), kernel collection, figures (Agg backend)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+
+from sapa.models import Segmenter
+from sapa.plotting import (boundary_crop, collect_kernels, colorize, error_bar_plot, feature_to_rgb, kernel_map,
+                           palette, show_predictions)
+
+
+@pytest.mark.parametrize("method", ["pca", "channels"])
+@pytest.mark.parametrize("channels", [1, 2, 3, 8])
+def test_feature_to_rgb_shape_and_range(method, channels):
+    feat = torch.randn(channels, 12, 10)
+    rgb = feature_to_rgb(feat, method)
+    assert rgb.shape == (12, 10, 3) and rgb.dtype == np.float32
+    assert rgb.min() >= 0 and rgb.max() <= 1
+    assert rgb[..., 0].max() > 0.9  # each used component spans [0, 1]
+    if channels < 3:
+        assert np.all(rgb[..., channels:] == 0)
+
+
+def test_feature_to_rgb_channels_are_the_first_three():
+    feat = np.zeros((5, 4, 4))
+    feat[1, :2] = 1.0  # only channel 1 (green) varies
+    rgb = feature_to_rgb(feat, "channels")
+    assert np.all(rgb[..., 0] == 0) and np.all(rgb[..., 2] == 0)
+    assert np.all(rgb[:2, :, 1] == 1) and np.all(rgb[2:, :, 1] == 0)
+
+
+def test_feature_to_rgb_pca_constant_regions_are_uniform():
+    feat = np.zeros((6, 8, 8))
+    feat[:, :, 4:] = np.arange(6)[:, None, None]  # two regions
+    rgb = feature_to_rgb(feat)
+    assert np.allclose(rgb[:, :4], rgb[0, 0]) and np.allclose(rgb[:, 4:], rgb[0, 4])
+    assert not np.allclose(rgb[0, 0], rgb[0, 4])
+
+
+@pytest.mark.parametrize("mode", ["pca", "max", "entropy", "channels"])
+def test_kernel_map_shapes_and_range(mode):
+    k = torch.softmax(torch.randn(2, 25, 6, 7), dim=1)
+    for arr in (k, k[1]):
+        img = kernel_map(arr, mode)
+        assert img.shape == (6, 7, 3)
+        assert img.min() >= 0 and img.max() <= 1
+
+
+def test_kernel_map_entropy_extremes_and_single_channel():
+    uniform = np.full((9, 2, 2), 1 / 9)
+    onehot = np.zeros((9, 2, 2))
+    onehot[4] = 1
+    k = np.concatenate([uniform, onehot], axis=2)  # left: uniform, right: one point
+    # entropy 1 on the left and 0 on the right: the colormap ends differ
+    img = kernel_map(k, "entropy", cmap="gray")
+    assert np.allclose(img[:, :2], 1, atol=1e-6) and np.allclose(img[:, 2:], 0, atol=1e-6)
+    assert kernel_map(torch.rand(1, 1, 5, 5)).shape == (5, 5, 3)  # IndexNet-HIN index map
+    with pytest.raises(ValueError):
+        kernel_map(np.zeros((4, 4)))
+
+
+def test_palette_and_colorize():
+    for n in (1, 6, 10, 25):
+        p = palette(n)
+        assert p.shape == (n, 3) and p.min() >= 0 and p.max() <= 1
+        assert len({tuple(np.round(c, 3)) for c in p}) == n
+    m = np.array([[0, 1], [5, 255]])
+    rgb = colorize(m, 6)
+    assert rgb.shape == (2, 2, 3)
+    assert np.allclose(rgb[1, 1], 1)  # ignored label: white
+    assert np.allclose(rgb[0, 1], palette(6)[1])
+
+
+def test_boundary_crop_finds_the_edge():
+    m = np.zeros((32, 32), int)
+    m[20:, 20:] = 1
+    top, left, h, w = boundary_crop(m, 8)
+    assert (h, w) == (8, 8)
+    box = m[top:top + 8, left:left + 8]
+    assert 0 < box.mean() < 1  # contains both labels
+
+
+def test_show_predictions_grid(tmp_path):
+    imgs = torch.rand(2, 3, 16, 16)
+    masks = torch.randint(0, 3, (2, 16, 16))
+    preds = {"a": masks.clone(), "b": torch.zeros_like(masks)}
+    for crop in (None, "auto", (2, 3, 8, 8), [(0, 0, 8, 8), (8, 8, 8, 8)]):
+        fig = show_predictions(imgs, masks, preds, crop=crop, num_classes=3)
+        assert len(fig.axes) == 2 * 4
+        assert fig.axes[2].get_title() == "a"
+        fig.savefig(tmp_path / "p.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    with pytest.raises(ValueError):
+        show_predictions(imgs, masks, {"a": masks[:1]})
+
+
+def test_error_bar_plot():
+    import matplotlib.pyplot as plt
+
+    rows = [dict(setting="a", n=3, miou_mean=0.5, miou_std=0.01), dict(setting="b", n=3, miou_mean=0.6, miou_std=0.02)]
+    ax = error_bar_plot(rows, "miou", scale=100, highlight=["b"], reference=50)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == pytest.approx([50, 60])
+    lo, hi = ax.get_ylim()
+    assert lo <= 49 and hi >= 62
+    plt.close(ax.figure)
+
+
+@pytest.mark.parametrize("name, channels", [("sapa-b", 25), ("carafe", 25), ("indexnet-hin", 1), ("a2u", 9),
+                                            ("fade", 25), ("sapa-d", 9), ("bilinear", None)])
+def test_collect_kernels(name, channels):
+    torch.manual_seed(0)
+    model = Segmenter(3, name, width=4, stages=3).eval()
+    image = torch.rand(2, 3, 16, 16)
+    got = collect_kernels(model, image)
+    assert got["name"] == name
+    D = model.decoder_width
+    assert got["x"].shape == (2, D, 8, 8)
+    assert got["y"].shape == (2, D, 16, 16)
+    assert got["out"].shape == (2, D, 16, 16)
+    assert got["logits"].shape == (2, 3, 16, 16)
+    torch.testing.assert_close(got["logits"], model(image))
+    if channels is None:
+        assert got["kernels"] is None
+        return
+    k = got["kernels"]
+    assert k.shape == (2, channels, 16, 16)
+    if name != "indexnet-hin":  # normalised weights
+        torch.testing.assert_close(k.sum(1), torch.ones(2, 16, 16))
+    assert kernel_map(k).shape == (16, 16, 3)
+    assert feature_to_rgb(got["out"][0]).shape == (16, 16, 3)
