@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +21,15 @@ if "google.colab" in sys.modules:  # install the package only when running on Co
     import subprocess
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/sapa-book/sapa.git"], check=True)"""
 
-# Generators that follow the convention `python make_XX.py [output_dir]` and write NAME there.
+# Every generator `python notebooks/src/make_XX.py [output_dir]` writes its NAME there.
 GENERATORS = {
-    "make_01.py": "01_point_affiliation.ipynb",
-    "make_02.py": "02_local_mutual_similarity.ipynb",
-    "make_03.py": "03_building_sapa.ipynb",
+    p.name: re.search(r'^NAME = "([^"]+)"', p.read_text(), re.M).group(1)
+    for p in sorted((NB_DIR / "src").glob("make_*.py"))
 }
+
+
+def test_every_notebook_has_a_generator():
+    assert sorted(GENERATORS.values()) == IDS
 
 
 def test_there_are_notebooks():

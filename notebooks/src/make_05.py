@@ -4,24 +4,9 @@ Run: python notebooks/src/make_05.py [output_dir]   (default: notebooks/)
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import nbformat as nbf
+from _nbgen import COLAB_CELL, GLUE_CELL, write
 
 NAME = "05_fusing_sapa.ipynb"
-
-COLAB_CELL = """import sys
-if "google.colab" in sys.modules:  # install the package only when running on Colab
-    import subprocess
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/sapa-book/sapa.git"], check=True)"""
-
-GLUE_CELL = """try:
-    from myst_nb import glue  # the book quotes numbers computed here in its text
-except ImportError:  # e.g. on Colab: just show the value
-    def glue(name, value, display=True):
-        if display:
-            print(f"{name} = {value}")"""
 
 CELLS = [
     ("md", r"""# Fusing SAPA
@@ -656,27 +641,5 @@ how close the kernels come to this model: the GB/s column against the T4's 320 G
 ]
 
 
-def build() -> nbf.NotebookNode:
-    nb = nbf.v4.new_notebook()
-    cells = []
-    for idx, (kind, src) in enumerate(CELLS):
-        cell = nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
-        cell["id"] = f"c{idx:02d}"
-        cells.append(cell)
-    nb.cells = cells
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    }
-    return nb
-
-
-def main(argv):
-    out_dir = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    nbf.write(build(), out_dir / NAME)
-    print("wrote", out_dir / NAME)
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    write(NAME, CELLS)
