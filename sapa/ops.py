@@ -227,6 +227,8 @@ class _Phases:
         self.a, self.u, self.mr = self._axis(Hq, H, device)
         self.b, self.v, self.mc = self._axis(Wq, W, device)
         self.H, self.W = H, W
+        # integer scales (H' = s H, W' = t W): phases are plain strides, no index maps needed
+        self.exact = Hq == self.mr * H and Wq == self.mc * W
 
     @staticmethod
     def _axis(n_out: int, n_in: int, device):
@@ -238,6 +240,9 @@ class _Phases:
     def to_phase(self, t: torch.Tensor) -> torch.Tensor:
         """(B, c, H', W') -> channels-last phased (B, H, W, mr*mc, c), zeros where unused."""
         B, c = t.shape[:2]
+        if self.exact:  # (B, c, H, mr, W, mc) -> (B, H, W, mr, mc, c)
+            t = t.reshape(B, c, self.H, self.mr, self.W, self.mc).permute(0, 2, 4, 3, 5, 1)
+            return t.reshape(B, self.H, self.W, self.mr * self.mc, c)
         out = t.new_zeros(B, self.H, self.W, self.mr, self.mc, c)
         out[:, self.a[:, None], self.b[None, :], self.u[:, None], self.v[None, :]] = t.permute(0, 2, 3, 1)
         return out.view(B, self.H, self.W, self.mr * self.mc, c)
@@ -246,6 +251,9 @@ class _Phases:
         """Inverse of :meth:`to_phase`: (B, H, W, mr*mc, c) -> (B, c, H', W') (contiguous)."""
         B, c = t.shape[0], t.shape[-1]
         t = t.view(B, self.H, self.W, self.mr, self.mc, c)
+        if self.exact:  # (B, H, W, mr, mc, c) -> (B, c, H, mr, W, mc)
+            g = t.permute(0, 5, 1, 3, 2, 4).reshape(B, c, self.H * self.mr, self.W * self.mc)
+            return g.contiguous()
         g = t[:, self.a[:, None], self.b[None, :], self.u[:, None], self.v[None, :]]
         return g.permute(0, 3, 1, 2).contiguous()
 
