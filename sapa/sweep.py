@@ -62,9 +62,14 @@ def grid(name: str, upsamplers: Optional[Iterable[str]] = None) -> List[Dict]:
     raise ValueError(f"unknown grid {name!r}; expected 'segmentation' or 'ablations'")
 
 
+def _canonical_options(upsampler: str, options: Dict) -> Dict:
+    """Options with SAPA's defaults removed, so equal settings are one run with one config."""
+    defaults = _SAPA_B_DEFAULTS if upsampler.startswith("sapa-") and upsampler != "sapa-d" else {}
+    return {k: v for k, v in sorted(options.items()) if defaults.get(k, object()) != v}
+
+
 def _run_name(upsampler: str, options: Dict, seed: int) -> str:
-    opts = {k: v for k, v in sorted(options.items()) if not (upsampler == "sapa-b" and _SAPA_B_DEFAULTS.get(k) == v)}
-    tag = "".join(f"_{k}-{v}" for k, v in opts.items())
+    tag = "".join(f"_{k}-{v}" for k, v in _canonical_options(upsampler, options).items())
     return f"{upsampler}{tag}_s{seed}"
 
 
@@ -138,7 +143,8 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
     for conf in grid(grid_name, upsamplers):
         for seed in seeds:
             name = _run_name(conf["upsampler"], conf["options"], seed)
-            train_cfg = dict(overrides, upsampler=conf["upsampler"], seed=seed, upsampler_options=conf["options"],
+            options = _canonical_options(conf["upsampler"], conf["options"])
+            train_cfg = dict(overrides, upsampler=conf["upsampler"], seed=seed, upsampler_options=options,
                              out=str(Path(runs_dir) / name), progress=False, threads=1)
             job = dict(group=conf["group"], setting=conf["setting"], name=name, train=train_cfg)
             jobs.append(job)
@@ -151,9 +157,13 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
         tqdm = None
     bar = tqdm(total=len(unique), desc=f"sweep {grid_name}", disable=not progress) if tqdm else None
     t0 = time.perf_counter()
+    failures: Dict[str, BaseException] = {}
     if workers <= 1:
         for job in unique:
-            results[job["name"]] = _one_run(job)
+            try:
+                results[job["name"]] = _one_run(job)
+            except Exception as exc:  # keep going: the other runs are still worth writing
+                failures[job["name"]] = exc
             bar and bar.update()
     else:
         import multiprocessing as mp
@@ -161,13 +171,16 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
             futures = {pool.submit(_one_run, job): job["name"] for job in unique}
             for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
+                try:
+                    results[futures[fut]] = fut.result()
+                except Exception as exc:
+                    failures[futures[fut]] = exc
                 bar and bar.update()
     bar and bar.close()
     rows = []
     for job in jobs:
-        row = dict(results[job["name"]], group=job["group"], setting=job["setting"])
-        rows.append(row)
+        if job["name"] in results:
+            rows.append(dict(results[job["name"]], group=job["group"], setting=job["setting"]))
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -176,6 +189,9 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
             w.writerow({k: row[k] for k in CSV_COLUMNS})
     if progress:
         print(f"wrote {len(rows)} rows to {out_csv} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if failures:
+        detail = "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in failures.items())
+        raise RuntimeError(f"{len(failures)} run(s) failed (the others are in {out_csv}; rerun to resume): {detail}")
     return rows
 
 

@@ -386,6 +386,11 @@ def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
+        if start_epoch > cfg.epochs:
+            raise ValueError(
+                f"{ckpt_path} has {start_epoch} finished epochs but epochs={cfg.epochs} was asked for: "
+                f"pass epochs >= {start_epoch} to resume, or --no-resume (a new --out) to start over"
+            )
         if state.get("torch_rng") is not None:
             torch.set_rng_state(state["torch_rng"])
         if dist.rank == 0:

@@ -40,9 +40,13 @@ def test_sweep_writes_csv_and_resumes(tmp_path):
     assert sb["upsampler_params"] > 0 and bl["upsampler_params"] == 0
     assert sb["params"] - bl["params"] == sb["upsampler_params"]
     # a second call finds the finished runs and reports the same numbers without training
+    ckpts = sorted((tmp_path / "runs").glob("*/last.pt"))
+    assert len(ckpts) == 4
+    stamps = [p.stat().st_mtime_ns for p in ckpts]
     again = sweep.run_sweep("segmentation", [0, 1], str(out), str(tmp_path / "runs"), workers=1,
                             train_overrides=TINY, upsamplers=["bilinear", "sapa-b"], progress=False)
     assert [r["miou"] for r in again] == [r["miou"] for r in rows]
+    assert [p.stat().st_mtime_ns for p in ckpts] == stamps  # nothing was retrained
     summary = sweep.summarize(back)
     assert [s["setting"] for s in summary] == ["bilinear", "sapa-b"]
     assert all(s["n"] == 2 and not math.isnan(s["miou_std"]) for s in summary)
