@@ -140,7 +140,11 @@ def pixel_accuracy(
 
     NaN when every pixel is ignored.
     """
-    num_classes = 1 + int(max(pred.max(), target.max())) if pred.numel() else 1
+    for name, t in (("pred", pred), ("target", target)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    labels = target[target != ignore_index] if ignore_index is not None else target
+    num_classes = 1 + int(max(pred.max(), labels.max() if labels.numel() else 0)) if pred.numel() else 1
     pred, target, valid = _check_labels(pred, target, max(num_classes, 1), ignore_index)
     n = int(valid.sum())
     return float(((pred == target) & valid).sum()) / n if n else math.nan
@@ -165,6 +169,9 @@ def boundary_band(mask: torch.Tensor, dilation: int, frame_is_boundary: bool = F
     """
     if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
         raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() not in (2, 3):
+        seen = f"{mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a (H, W) or (N, H, W) bool tensor, got {seen}")
     squeeze = mask.dim() == 2
     m = mask[None] if squeeze else mask
     outside = (~m).float()[:, None]  # (N, 1, H, W)
@@ -194,6 +201,9 @@ def boundary_counts(
     pred, target, valid = _check_labels(pred, target, num_classes, ignore_index)
     if dilation is None:
         dilation = default_boundary_dilation(*target.shape[-2:])
+    # Ignored target pixels take the predicted label, so that the edge of an ignored region
+    # is not a boundary of the target (they are excluded from the counts below anyway).
+    target = torch.where(valid, target, pred)
     inter = torch.zeros(num_classes, dtype=torch.int64, device=target.device)
     union = torch.zeros_like(inter)
     for c in range(num_classes):

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from sapa import metrics
 from sapa.metrics import (
     SegmentationMeter,
     boundary_band,
@@ -124,3 +125,18 @@ def test_bad_inputs():
         mean_iou(P, T, 2)
     with pytest.raises(ValueError, match="dilation"):
         boundary_iou(P, T, 3, dilation=0)
+
+
+def test_boundary_iou_ignores_the_edges_of_ignored_regions():
+    """A perfect prediction scores 1 even when an ignore band cuts through the target."""
+    target = torch.zeros(16, 16, dtype=torch.long)
+    target[4:12, 4:12] = 1
+    pred = target.clone()
+    target_ign = target.clone()
+    target_ign[:, 7:9] = 255  # an ignored stripe across the square and the background
+    assert metrics.boundary_iou(pred, target_ign, 2, dilation=1, ignore_index=255) == 1.0
+
+
+def test_boundary_band_rejects_non_bool_masks():
+    with pytest.raises(TypeError, match="mask must be a .* bool tensor, got torch.int64"):
+        metrics.boundary_band(torch.ones(4, 4, dtype=torch.long), 1)
