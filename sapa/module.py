@@ -23,6 +23,14 @@ def _project(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     return linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+def _autocast(x: torch.Tensor) -> bool:
+    """True inside ``torch.autocast`` for x's device (mixed dtypes are then expected)."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # older torch: no device argument
+        return torch.is_autocast_enabled()
+
+
 def _init_linear(linear: nn.Linear) -> None:
     nn.init.trunc_normal_(linear.weight, std=0.02)
     if linear.bias is not None:
@@ -126,6 +134,13 @@ class SAPA(nn.Module):
             raise ValueError(
                 f"the guide y must be at least as large as x: x {tuple(x.shape)}, y {tuple(y.shape)}"
             )
+        if x.device != y.device or (x.dtype != y.dtype and not _autocast(x)):
+            raise TypeError(f"x and y must share dtype and device, got x {x.dtype} on {x.device}, "
+                            f"y {y.dtype} on {y.device}")
+        p = self.norm_x.weight
+        if x.device != p.device or (x.dtype != p.dtype and not _autocast(x)):
+            raise TypeError(f"x is {x.dtype} on {x.device} but the module's parameters are {p.dtype} on "
+                            f"{p.device}: move one to the other (e.g. module.to(x))")
 
     def query_key(self, x: torch.Tensor, y: torch.Tensor):
         """Embeddings (query (B, d, H', W'), key (B, d, H, W)) for x (B, C, H, W), y (B, C_y, H', W')."""
@@ -160,6 +175,8 @@ class SAPA(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W), y (B, guide_channels, H', W') -> (B, in_channels, H', W')."""
         query, key = self.query_key(x, y)
+        if query.dtype != x.dtype:  # under autocast the projections may come out in another dtype
+            query, key = query.to(x.dtype), key.to(x.dtype)
         return sapa_upsample(
             query, key, x, self.kernel_size, self.normalization, self.padding, self.backend
         )

@@ -27,7 +27,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_qkv
+from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_qkv, check_tensor
 
 #: eps in w = h(s) / (sum h(s) + eps) for the relu, sigmoid and softplus normalisations
 #: (it keeps the relu kernel finite when every similarity in a window is negative).
@@ -187,6 +187,7 @@ def sapa_kernels(
     query (B, d, H', W'), key (B, d, H, W). Entry p = dy * K + dx weighs the low-res pixel
     centre + (dy - K//2, dx - K//2). Materialises the weights (for inspection and plots).
     """
+    check_tensor("key", key)
     value = key.new_empty(key.shape[0], 1, *key.shape[-2:])
     check_qkv(query, key, value)
     kernel_size = check_kernel_size(kernel_size)

@@ -95,13 +95,20 @@ def reassemble(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int) -> torc
     O(B*C*H'*W') per step and no (B, C, K*K, H', W') tensor is built. Works on any device.
     """
     check_kernel_size(kernel_size)
+    check_tensor("x", x)
+    check_tensor("kernels", kernels)
     B, C, H, W = x.shape
     K, R = kernel_size, kernel_size // 2
-    if kernels.dim() != 4 or kernels.shape[0] != B or kernels.shape[1] != K * K:
+    if kernels.shape[0] != B or kernels.shape[1] != K * K:
         raise ValueError(
             f"kernels must have shape (B, K*K={K * K}, H', W') with B={B}, got {tuple(kernels.shape)}"
         )
     Hq, Wq = kernels.shape[-2:]
+    if Hq < H or Wq < W:
+        raise ValueError(f"kernels must be at least as large as x: x {tuple(x.shape)}, kernels {tuple(kernels.shape)}")
+    if kernels.dtype != x.dtype or kernels.device != x.device:
+        raise TypeError(f"x and kernels must share dtype and device, got {x.dtype}/{x.device} and "
+                        f"{kernels.dtype}/{kernels.device}")
     rows = window_centres(Hq, H, x.device)
     cols = window_centres(Wq, W, x.device)
     xpad = F.pad(x, (R, R, R, R))
@@ -638,7 +645,7 @@ class FADE(Upsampler):
     def kernels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Normalised kernels (B, K^2, H', W') from x (B, C, H, W) and y (B, C, H', W')."""
         m_y = F.conv2d(self.compress_y(y), self.kernel_weight, self.kernel_bias, padding=1)
-        m_x = F.conv2d(self.compress_x(x), self.kernel_weight, self.kernel_bias, padding=1)
+        m_x = F.conv2d(self.compress_x(x), self.kernel_weight, None, padding=1)  # bias once, on y
         return torch.softmax(m_y + nearest_upsample_to(m_x, y.shape[-2:]), dim=1)
 
     def forward(self, x, y=None):

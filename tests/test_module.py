@@ -159,3 +159,20 @@ def test_bad_forward_inputs(x_shape, y_shape, match):
     m = sapa.SAPA(8, 4)
     with pytest.raises(ValueError, match=match):
         m(torch.randn(*x_shape), torch.randn(*y_shape))
+
+
+def test_dtype_and_device_mismatches_are_named():
+    m = sapa.SAPA(8, 4)
+    with pytest.raises(TypeError, match="x and y must share dtype"):
+        m(torch.randn(1, 8, 4, 4), torch.randn(1, 4, 8, 8, dtype=torch.float64))
+    with pytest.raises(TypeError, match="module's parameters are torch.float32"):
+        m(torch.randn(1, 8, 4, 4, dtype=torch.float64), torch.randn(1, 4, 8, 8, dtype=torch.float64))
+
+
+def test_autocast_bfloat16():
+    m = sapa.SAPA(8, 4, variant="G")
+    x, y = torch.randn(2, 8, 4, 4), torch.randn(2, 4, 9, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, y)
+    assert out.shape == (2, 8, 9, 8) and out.dtype == torch.float32
+    torch.testing.assert_close(out, m(x, y), atol=0.1, rtol=0.1)

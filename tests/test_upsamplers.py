@@ -324,3 +324,17 @@ def test_sapa_d_kernels_and_dysample_offsets():
     torch.testing.assert_close(off[:, :, :, 0::2, 0::2] - off[:, :, :, 1::2, 1::2],
                                d.offsets(x, learned_only=True)[:, :, :, 0::2, 0::2]
                                - d.offsets(x, learned_only=True)[:, :, :, 1::2, 1::2] - 0.5)
+
+
+def test_fade_kernels_match_float64_formula():
+    """FADE's kernels: softmax(conv3x3_{W,b}(P_y y) + up(conv3x3_W(P_x x))), the bias once."""
+    torch.manual_seed(0)
+    up = sapa.build_upsampler("fade", 6, 6).double()
+    with torch.no_grad():
+        up.kernel_bias.normal_()
+    x, y = torch.randn(2, 6, 4, 5, dtype=torch.float64), torch.randn(2, 6, 8, 10, dtype=torch.float64)
+    W, b = up.kernel_weight, up.kernel_bias
+    m_y = F.conv2d(F.conv2d(y, up.compress_y.weight, up.compress_y.bias), W, b, padding=1)
+    m_x = F.conv2d(F.conv2d(x, up.compress_x.weight), W, padding=1)
+    expected = torch.softmax(m_y + m_x.repeat_interleave(2, -2).repeat_interleave(2, -1), dim=1)
+    torch.testing.assert_close(up.kernels(x, y), expected)
