@@ -105,7 +105,8 @@ def kernel_map(kernels: ArrayLike, mode: str = "pca", batch_index: int = 0, cmap
             vectors of all pixels, each rescaled to [0, 1] (percentiles 1-99): pixels with the
             same kernel get the same colour, so flat regions are uniform and a change of
             kernel, e.g. at a boundary, shows as a change of colour; ``"max"``: the largest
-            weight per pixel (1 = the pixel copies one point, 1/K^2 = a uniform average);
+            weight per pixel (before the display rescaling: 1 = the pixel copies one point,
+            1/K^2 = a uniform average; the map is then min-max rescaled for display);
             ``"entropy"``: the entropy of the weights divided by log(K^2) (0 = one point,
             1 = uniform); ``"channels"``: the first three weights. The scalar modes (and a
             single-channel input such as IndexNet-HIN's index) are rendered with ``cmap``.

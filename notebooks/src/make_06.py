@@ -17,8 +17,8 @@ CELLS = [
 After this chapter you can
 
 * run the same segmentation protocol with any upsampler of the package, swapping only the
-  three $\times 2$ steps of the decoder, as {cite:t}`sapa2022` do in the head of SegFormer
-  {cite}`segformer2021`;
+  three $\times 2$ steps of our decoder, as {cite:t}`sapa2022` swap the upsampling stages of
+  the SegFormer head {cite}`segformer2021`;
 * read a results table as mean $\pm$ standard deviation over training seeds, and decide
   whether a difference between two upsamplers is larger than the spread between seeds;
 * look at what the trained upsamplers do: predictions cropped at boundaries (the paper's
