@@ -49,6 +49,15 @@ def check_kernel_size(kernel_size) -> int:
     return kernel_size
 
 
+def check_positive_int(name: str, v) -> int:
+    """Return ``v`` if it is a positive int (not a bool), else raise naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v <= 0:
+        raise ValueError(f"{name} must be positive, got {v}")
+    return v
+
+
 def check_qkv(query, key, value) -> None:
     """Validate the (query, key, value) triple of :func:`sapa.sapa_upsample`.
 

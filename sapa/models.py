@@ -36,6 +36,8 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from ._checks import check_positive_int as _positive_int
+
 __all__ = ["Segmenter", "count_parameters", "SKIP_FUSIONS"]
 
 SKIP_FUSIONS = ("concat", "add", "none")
@@ -53,12 +55,6 @@ def _conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequen
     )
 
 
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v <= 0:
-        raise ValueError(f"{name} must be positive, got {v}")
-    return v
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_tensor
+from ._checks import check_positive_int as _positive_int
 from .ops import nearest_upsample_to, sapa_kernels, sapa_upsample
 
 VARIANTS = ("I", "B", "P", "G")
@@ -37,12 +38,6 @@ def _init_linear(linear: nn.Linear) -> None:
         nn.init.zeros_(linear.bias)
 
 
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v <= 0:
-        raise ValueError(f"{name} must be positive, got {v}")
-    return v
 
 
 class SAPA(nn.Module):
