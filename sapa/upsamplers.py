@@ -420,7 +420,19 @@ def _index_conv_geometry(s: int, use_context: bool) -> Tuple[int, int]:
     return (s + 2, 1) if use_context else (s, 0)
 
 
-class IndexNetHIN(Upsampler):
+class _IndexUpsampler(Upsampler):
+    """Shared by the IndexNet variants: output = decoder_index(y) * nearest_up(x)."""
+
+    def forward(self, x, y=None):
+        size = self._output_size(x, y)
+        return self.decoder_index(y) * nearest_upsample_to(x, size)
+
+    def uncounted_macs(self, x, y):
+        H, W = self._output_size(x, y)
+        return {"weighted_sum": x.shape[0] * x.shape[1] * H * W}
+
+
+class IndexNetHIN(_IndexUpsampler):
     """IndexNet (Lu et al. 2019), holistic index network (HIN), nonlinear, with context.
 
     x (B, C, H, W), y (B, C_y, sH, sW) -> (B, C, sH, sW).
@@ -459,16 +471,9 @@ class IndexNetHIN(Upsampler):
         """(B, 1, sH, sW) index map in (0, 1) from the guide y (B, C_y, sH, sW)."""
         return F.pixel_shuffle(torch.sigmoid(self.index(y)), self.scale_factor)
 
-    def forward(self, x, y=None):
-        size = self._output_size(x, y)
-        return self.decoder_index(y) * nearest_upsample_to(x, size)
-
-    def uncounted_macs(self, x, y):
-        H, W = self._output_size(x, y)
-        return {"weighted_sum": x.shape[0] * x.shape[1] * H * W}
 
 
-class IndexNetM2O(Upsampler):
+class IndexNetM2O(_IndexUpsampler):
     """IndexNet depthwise many-to-one (M2O) index network, nonlinear, with context.
 
     x (B, C, H, W), y (B, C, sH, sW) -> (B, C, sH, sW); needs C_y == C (one index map per
@@ -514,13 +519,6 @@ class IndexNetM2O(Upsampler):
         z = z.view(B, s * s, -1, H, W).transpose(1, 2).reshape(B, -1, H, W)  # channel-major
         return F.pixel_shuffle(z, s)
 
-    def forward(self, x, y=None):
-        size = self._output_size(x, y)
-        return self.decoder_index(y) * nearest_upsample_to(x, size)
-
-    def uncounted_macs(self, x, y):
-        H, W = self._output_size(x, y)
-        return {"weighted_sum": x.shape[0] * x.shape[1] * H * W}
 
 
 class A2U(Upsampler):

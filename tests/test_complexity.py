@@ -8,13 +8,7 @@ from sapa.complexity import count_flops, count_params, format_table, paper_table
 from sapa.upsamplers import build_upsampler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_count_params():

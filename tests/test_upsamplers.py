@@ -13,13 +13,7 @@ INTEGER_SCALE = ("deconv", "pixelshuffle", "carafe", "dysample", "indexnet-hin",
 FREE_SIZE = ("nearest", "bilinear", "fade", "sapa-i", "sapa-b", "sapa-p", "sapa-g", "sapa-d")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_names():
