@@ -1,0 +1,144 @@
+"""Shared pieces of the upsampler zoo: the :class:`Upsampler` base class (validation of
+``forward(x, y=None)``) and :func:`reassemble`, CARAFE-style feature assembly."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .._checks import check_kernel_size, check_tensor
+from ..ops import window_centres
+
+__all__ = ["reassemble", "Upsampler"]
+
+
+def reassemble(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """CARAFE-style feature assembly (paper Eq. 2) with given per-output-pixel kernels.
+
+    Args:
+        x: (B, C, H, W) low-res feature.
+        kernels: (B, K*K, H', W') kernel weights for every output pixel; channel ``p = dy*K + dx``
+            weights the neighbour at offset (dy - R, dx - R), R = K // 2.
+        kernel_size: odd K.
+
+    Returns:
+        (B, C, H', W') with ``out[b, c, i, j] = sum_p kernels[b, p, i, j] * x[b, c, a + dy - R, b + dx - R]``,
+        (a, b) = (floor(i*H/H'), floor(j*W/W')) the window centre, zeros outside the map.
+
+    Implemented as K*K gathers of the zero-padded map (index_select), so the memory stays
+    O(B*C*H'*W') per step and no (B, C, K*K, H', W') tensor is built. Works on any device.
+    """
+    check_kernel_size(kernel_size)
+    check_tensor("x", x)
+    check_tensor("kernels", kernels)
+    B, C, H, W = x.shape
+    K, R = kernel_size, kernel_size // 2
+    if kernels.shape[0] != B or kernels.shape[1] != K * K:
+        raise ValueError(
+            f"kernels must have shape (B, K*K={K * K}, H', W') with B={B}, got {tuple(kernels.shape)}"
+        )
+    Hq, Wq = kernels.shape[-2:]
+    if Hq < H or Wq < W:
+        raise ValueError(f"kernels must be at least as large as x: x {tuple(x.shape)}, kernels {tuple(kernels.shape)}")
+    if kernels.dtype != x.dtype or kernels.device != x.device:
+        raise TypeError(f"x and kernels must share dtype and device, got {x.dtype}/{x.device} and "
+                        f"{kernels.dtype}/{kernels.device}")
+    rows = window_centres(Hq, H, x.device)
+    cols = window_centres(Wq, W, x.device)
+    xpad = F.pad(x, (R, R, R, R))
+    out = None
+    for dy in range(K):
+        xr = xpad.index_select(-2, rows + dy)  # (B, C, H', W + 2R)
+        for dx in range(K):
+            p = dy * K + dx
+            term = kernels[:, p : p + 1] * xr.index_select(-1, cols + dx)
+            out = term if out is None else out + term
+    return out
+
+
+def _positive_int(name: str, v, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _shape(t) -> tuple:
+    return tuple(t.shape)
+
+
+class Upsampler(nn.Module):
+    """Base class: validation of ``forward(x, y=None)`` shared by all upsamplers.
+
+    Subclasses set ``guided`` (y required) and ``integer_scale`` (output is exactly
+    ``scale_factor`` times the input; a guide of another size is rejected).
+    """
+
+    name = "upsampler"
+    guided = False
+    integer_scale = False
+
+    def __init__(self, in_channels: int, guide_channels: Optional[int] = None, scale_factor: int = 2):
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.guide_channels = (
+            self.in_channels if guide_channels is None else _positive_int("guide_channels", guide_channels)
+        )
+        self.scale_factor = _positive_int("scale_factor", scale_factor)
+
+    def extra_repr(self) -> str:
+        s = f"in_channels={self.in_channels}"
+        if self.guided:
+            s += f", guide_channels={self.guide_channels}"
+        if not self.guided or self.integer_scale:
+            s += f", scale_factor={self.scale_factor}"
+        return s
+
+    def _output_size(self, x: torch.Tensor, y: Optional[torch.Tensor]) -> Tuple[int, int]:
+        """Validate (x, y) and return the output size (H', W')."""
+        check_tensor("x", x)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{self.name}: x must have in_channels={self.in_channels} channels, got shape {_shape(x)}"
+            )
+        H, W = x.shape[-2:]
+        s = self.scale_factor
+        if y is None:
+            if self.guided:
+                raise ValueError(
+                    f"{self.name} is a guided upsampler: forward(x, y) needs the high-res guide "
+                    f"y of shape (B, guide_channels={self.guide_channels}, H', W'), got y=None "
+                    f"(x {_shape(x)})"
+                )
+            return s * H, s * W
+        check_tensor("y", y)
+        if self.guided:
+            if y.shape[1] != self.guide_channels:
+                raise ValueError(
+                    f"{self.name}: y must have guide_channels={self.guide_channels} channels, "
+                    f"got shape {_shape(y)} (x {_shape(x)})"
+                )
+            if y.shape[0] != x.shape[0]:
+                raise ValueError(f"{self.name}: x and y batch sizes differ: x {_shape(x)}, y {_shape(y)}")
+            if y.dtype != x.dtype:
+                raise TypeError(f"{self.name}: x and y dtypes differ: {x.dtype} and {y.dtype}")
+            if y.device != x.device:
+                raise ValueError(f"{self.name}: x and y devices differ: {x.device} and {y.device}")
+        size = (int(y.shape[-2]), int(y.shape[-1]))
+        if self.integer_scale and size != (s * H, s * W):
+            raise ValueError(
+                f"{self.name} is an integer-scale design (scale_factor={s}): the guide y must be "
+                f"exactly {s} x the size of x, got x {_shape(x)} and y {_shape(y)}"
+            )
+        if size[0] < H or size[1] < W:
+            raise ValueError(
+                f"{self.name}: the guide y must be at least as large as x: x {_shape(x)}, y {_shape(y)}"
+            )
+        return size
+
+    def uncounted_macs(self, x: torch.Tensor, y: Optional[torch.Tensor]) -> Dict[str, int]:
+        """Multiply-accumulates of ops ``FlopCounterMode`` does not see (see ``sapa.complexity``)."""
+        return {}

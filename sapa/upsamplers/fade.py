@@ -1,0 +1,73 @@
+"""FADE (Lu et al. 2022): fusing the assets of decoder and encoder."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .._checks import check_kernel_size
+from ..ops import nearest_upsample_to
+from .base import Upsampler, _positive_int, reassemble
+
+__all__ = ["FADE"]
+
+
+class FADE(Upsampler):
+    """FADE (Lu et al. 2022): kernels from encoder and decoder, plus a decoder-driven gate.
+
+    x (B, C, H, W), y (B, C, H', W') -> (B, C, H', W') (needs C_y == C; any H' >= H).
+
+    kernel generation ("semi-shift" convolution with one shared 3x3 kernel bank W, b):
+      m = Conv3x3_{W,b}(Conv1x1(y; C -> d)) + nearest_up(Conv3x3_{W,b}(Conv1x1'(x; C -> d)))
+      (the encoder branch has a bias, the decoder branch none; d = 64, K = 5, W: (K^2, d, 3, 3)),
+      kernels = softmax over K^2;
+    output = g * y + (1 - g) * reassemble(x, kernels), g = sigmoid(nearest_up(Conv1x1(x; C -> 1))).
+    The official code computes the encoder branch as four stride-2 convolutions of shifted
+    copies of y; that equals a padding-1 3x3 convolution of y at full resolution, used here.
+    Init as the official code: W xavier-normal, b = 0, gate xavier-uniform with zero bias.
+    Params: (C d + d) + C d + 9 d K^2 + K^2 + (C + 1) = 129 C + 14490 for d = 64, K = 5.
+    """
+
+    name = "fade"
+    guided = True
+
+    def __init__(self, in_channels, guide_channels=None, scale_factor=2, kernel_size=5, embedding_dim=64):
+        super().__init__(in_channels, guide_channels, scale_factor)
+        if self.guide_channels != self.in_channels:
+            raise ValueError(
+                f"fade mixes y and x directly (g * y + (1 - g) * ...) and needs guide_channels == "
+                f"in_channels, got in_channels={self.in_channels}, guide_channels={self.guide_channels}"
+            )
+        self.kernel_size = check_kernel_size(kernel_size)
+        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        C, d, K = self.in_channels, self.embedding_dim, self.kernel_size
+        self.compress_y = nn.Conv2d(C, d, 1)
+        self.compress_x = nn.Conv2d(C, d, 1, bias=False)
+        self.kernel_weight = nn.Parameter(torch.empty(K * K, d, 3, 3))
+        self.kernel_bias = nn.Parameter(torch.zeros(K * K))
+        nn.init.xavier_normal_(self.kernel_weight)
+        self.gate = nn.Conv2d(C, 1, 1)
+        nn.init.xavier_uniform_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", kernel_size={self.kernel_size}, embedding_dim={self.embedding_dim}"
+
+    def kernels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Normalised kernels (B, K^2, H', W') from x (B, C, H, W) and y (B, C, H', W')."""
+        m_y = F.conv2d(self.compress_y(y), self.kernel_weight, self.kernel_bias, padding=1)
+        m_x = F.conv2d(self.compress_x(x), self.kernel_weight, None, padding=1)  # bias once, on y
+        return torch.softmax(m_y + nearest_upsample_to(m_x, y.shape[-2:]), dim=1)
+
+    def forward(self, x, y=None):
+        size = self._output_size(x, y)
+        g = torch.sigmoid(nearest_upsample_to(self.gate(x), size))
+        return g * y + (1 - g) * reassemble(x, self.kernels(x, y), self.kernel_size)
+
+    def uncounted_macs(self, x, y):
+        Hq, Wq = self._output_size(x, y)
+        B, C = x.shape[:2]
+        return {
+            "weighted_sum": B * C * self.kernel_size**2 * Hq * Wq,
+            "gate": 2 * B * C * Hq * Wq,  # g * y and (1 - g) * carafe(x)
+        }
