@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 REQS   := requirements.txt requirements-dev.txt constraints-ci.txt pyproject.toml
 
-.PHONY: venv test test-fast book bench clean notebooks toc browser book-screenshots
+.PHONY: venv test test-fast book bench clean notebooks-sync toc browser book-screenshots
 
 venv: $(STAMP)
 
@@ -45,9 +45,10 @@ book: $(STAMP)
 	$(PY) book/make_toc.py
 	$(JB) build . --all -W -n --keep-going --builder html
 
-# Rewrite the committed notebooks from their generators (notebooks/src/make_*.py).
-notebooks: $(STAMP)
-	for f in notebooks/src/make_*.py; do $(PY) $$f || exit 1; done
+# Chapters are written as jupytext MyST Markdown (notebooks/NN_name.md), each paired with its
+# .ipynb (kept without outputs for Colab and nbmake). After editing a .md, rewrite its .ipynb:
+notebooks-sync: $(STAMP)
+	$(VENV)/bin/jupytext --sync notebooks/*.md
 
 # Headless Chromium (Debian's package) for the browser test of the rendered book.
 CHROMIUM ?= /usr/bin/chromium

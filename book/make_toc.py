@@ -15,13 +15,13 @@ TOC = ROOT / "_toc.yml"
 #: Paths are relative to the repository root, with their extension.
 ROOT_PAGE = "book/intro.md"
 CHAPTERS = [
-    "notebooks/01_point_affiliation.ipynb",
-    "notebooks/02_local_mutual_similarity.ipynb",
-    "notebooks/03_building_sapa.ipynb",
-    "notebooks/04_dynamic_upsampling.ipynb",
-    "notebooks/05_fusing_sapa.ipynb",
-    "notebooks/06_comparing_upsamplers.ipynb",
-    "notebooks/07_ablations.ipynb",
+    "notebooks/01_point_affiliation.md",
+    "notebooks/02_local_mutual_similarity.md",
+    "notebooks/03_building_sapa.md",
+    "notebooks/04_dynamic_upsampling.md",
+    "notebooks/05_fusing_sapa.md",
+    "notebooks/06_comparing_upsamplers.md",
+    "notebooks/07_ablations.md",
 ]
 BACK_MATTER = ["book/bibliography.md"]
 

@@ -61,7 +61,8 @@ def test_every_chapter_is_rendered_with_a_colab_button(book):
     for chapter, page in _chapter_pages(book):
         assert page.is_file(), f"{chapter} was not rendered"
         text = page.read_text()
-        assert COLAB_PREFIX + chapter in text, f"no Colab launch button for {chapter}"
+        notebook = str(Path(chapter).with_suffix(".ipynb"))   # Colab opens the paired .ipynb
+        assert COLAB_PREFIX + notebook in text, f"no Colab launch button for {notebook}"
 
 
 def test_no_error_outputs(book):

@@ -1,13 +1,13 @@
-"""The chapters' notebooks: stored clean, generated from notebooks/src, and runnable (nbmake)."""
+"""The chapters' notebooks: text sources (jupytext MyST Markdown, notebooks/NN_name.md) paired
+with their .ipynb (stored without outputs, for Colab and nbmake), in sync, and runnable."""
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 
@@ -21,15 +21,67 @@ if "google.colab" in sys.modules:  # install the package only when running on Co
     import subprocess
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/sapa-book/sapa.git"], check=True)"""
 
-# Every generator `python notebooks/src/make_XX.py [output_dir]` writes its NAME there.
-GENERATORS = {
-    p.name: re.search(r'^NAME = "([^"]+)"', p.read_text(), re.M).group(1)
-    for p in sorted((NB_DIR / "src").glob("make_*.py"))
-}
+SOURCES = sorted(NB_DIR.glob("*.md"))
+PAIRING = "ipynb,md:myst"
 
 
-def test_every_notebook_has_a_generator():
-    assert sorted(GENERATORS.values()) == IDS
+def out_of_sync(md_path: Path, nb) -> list[str]:
+    """How the notebook ``nb`` differs from the text notebook at ``md_path`` (empty: in sync).
+
+    Compares what jupytext stores in the text file: the cells' kinds, sources and metadata
+    (tags included), and the kernelspec.
+    """
+    text_nb = jupytext.read(md_path)
+    problems = []
+    if len(text_nb.cells) != len(nb.cells):
+        problems.append(f"{len(text_nb.cells)} cells in the .md, {len(nb.cells)} in the .ipynb")
+    for i, (a, b) in enumerate(zip(text_nb.cells, nb.cells)):
+        for key in ("cell_type", "source", "metadata"):
+            if a.get(key) != b.get(key):
+                problems.append(f"cell {i}: {key} differs")
+    if text_nb.metadata.get("kernelspec") != nb.metadata.get("kernelspec"):
+        problems.append("kernelspec differs")
+    return problems
+
+
+def test_every_notebook_has_its_text_source():
+    assert [p.stem for p in SOURCES] == [p.stem for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_pair_is_declared(path):
+    """Both files name the pairing, so `jupytext --sync` and Jupyter keep them together."""
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.get("jupytext", {}).get("formats") == PAIRING, path.name
+    text_nb = jupytext.read(path.with_suffix(".md"))
+    assert text_nb.metadata.get("jupytext", {}).get("formats") == PAIRING, path.with_suffix(".md").name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_pair_in_sync(path):
+    nb = nbformat.read(path, as_version=4)
+    problems = out_of_sync(path.with_suffix(".md"), nb)
+    assert not problems, (f"{path.name} and its .md are out of sync ({'; '.join(problems[:5])}): "
+                          f"run `make notebooks-sync`")
+
+
+def test_out_of_sync_is_detected(tmp_path):
+    """The sync check reports an edited source, an edited tag and a missing cell."""
+    path = NOTEBOOKS[0]
+    md = tmp_path / path.with_suffix(".md").name
+    md.write_text(path.with_suffix(".md").read_text())
+    nb = nbformat.read(path, as_version=4)
+    assert out_of_sync(md, nb) == []
+    code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    edited = nbformat.from_dict(nb)
+    edited.cells[code].source += "\nx = 1"
+    assert out_of_sync(md, edited) == [f"cell {code}: source differs"]
+    edited = nbformat.from_dict(nb)
+    edited.cells[code].metadata["tags"] = ["hide-input"]
+    assert out_of_sync(md, edited) == [f"cell {code}: metadata differs"]
+    edited = nbformat.from_dict(nb)
+    edited.cells = edited.cells[:-1]
+    assert out_of_sync(md, edited)[0].endswith(f"{len(nb.cells) - 1} in the .ipynb")
 
 
 def test_there_are_notebooks():
@@ -60,17 +112,6 @@ def test_learning_goals_and_summary(path):
     assert markdown and markdown[0].lstrip().startswith("# "), "a chapter starts with its title"
     assert "learning goals" in markdown[0].lower(), "the first cell states the learning goals"
     assert "## summary" in markdown[-1].lower(), "the last cell is the summary"
-
-
-@pytest.mark.parametrize("script", sorted(GENERATORS), ids=sorted(GENERATORS))
-def test_generated_notebook_is_up_to_date(script, tmp_path):
-    """The committed notebook is exactly what notebooks/src/<script> writes."""
-    subprocess.run([sys.executable, str(NB_DIR / "src" / script), str(tmp_path)], check=True,
-                   capture_output=True)
-    name = GENERATORS[script]
-    fresh = json.loads((tmp_path / name).read_text())
-    stored = json.loads((NB_DIR / name).read_text())
-    assert fresh == stored, f"notebooks/{name} is stale: run `python notebooks/src/{script}`"
 
 
 @pytest.mark.slow
