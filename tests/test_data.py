@@ -142,3 +142,80 @@ def test_make_dataset_dispatch(tmp_path):
         make_dataset("imagenet")
     with pytest.raises(FileNotFoundError, match="missing_dir"):
         make_dataset("folder", root=tmp_path / "missing_dir")
+
+
+# ---- TexturedRegions: the boundary-dominated task ------------------------------------------------
+from sapa.data import TEXTURE_CLASSES, TexturedRegions  # noqa: E402
+
+
+def test_textured_regions_types_determinism_and_fresh_epochs():
+    seed = random.randrange(1000)
+    ds = TexturedRegions(8, size=(64, 72), seed=seed)
+    img, mask = ds[5]
+    assert img.shape == (3, 64, 72) and img.dtype == torch.float32
+    assert mask.shape == (64, 72) and mask.dtype == torch.int64
+    assert 0 <= float(img.min()) and float(img.max()) <= 1 and int(mask.max()) < len(TEXTURE_CLASSES)
+    again = TexturedRegions(100, size=(64, 72), seed=seed)[5]
+    assert torch.equal(img, again[0]) and torch.equal(mask, again[1])
+    # the training split draws fresh samples every epoch; the validation set is fixed
+    ds.set_epoch(3)
+    assert not torch.equal(ds[5][1], mask)
+    ds.set_epoch(0)
+    assert torch.equal(ds[5][1], mask)
+    val = TexturedRegions(4, seed=seed, split="val")
+    first = val[2][1].clone()
+    val.set_epoch(7)
+    assert torch.equal(val[2][1], first)
+    assert not torch.equal(first, TexturedRegions(4, seed=seed + 1, split="val")[2][1])
+    with pytest.raises(ValueError, match="epoch"):
+        ds.set_epoch(-1)
+    with pytest.raises(ValueError, match="num_classes"):
+        TexturedRegions(4, num_classes=7)
+
+
+def _hue_sat(rgb):
+    """rgb (3, ...) -> hue in [0, 1), saturation."""
+    mx, mn = rgb.max(0).values, rgb.min(0).values
+    r, g, b = rgb
+    d = (mx - mn).clamp_min(1e-6)
+    h = torch.where(mx == r, ((g - b) / d) % 6, torch.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) / 6
+    return h % 1.0, (mx - mn) / mx.clamp_min(1e-6)
+
+
+def test_textured_regions_classes_are_locally_distinguishable():
+    """A 3 x 3 mean colour names the class of an interior pixel (hue family / greyness)."""
+    ds = TexturedRegions(30, seed=random.randrange(1000), split="val")
+    hues = torch.tensor([h for h in TexturedRegions.HUES[1:]])
+    correct = total = 0
+    for i in range(len(ds)):
+        img, mask = ds[i]
+        mean = torch.nn.functional.avg_pool2d(img[None], 3, 1, 1)[0]
+        # interior: all 3 x 3 neighbours share the label (and not on the frame)
+        m = mask.float()[None, None]
+        same = (torch.nn.functional.max_pool2d(m, 3, 1, 1) == torch.nn.functional.max_pool2d(-m, 3, 1, 1).neg())[0, 0]
+        same[0, :] = same[-1, :] = same[:, 0] = same[:, -1] = False
+        h, s = _hue_sat(mean)
+        dist = ((h[None] - hues[:, None, None]) + 0.5) % 1.0 - 0.5
+        pred = torch.where(s < 0.3, torch.zeros_like(mask), dist.abs().argmin(0) + 1)
+        correct += int((pred == mask)[same].sum())
+        total += int(same.sum())
+    assert correct / total > 0.95, correct / total
+
+
+def test_textured_regions_thin_structures_and_cover():
+    ds = TexturedRegions(40, seed=random.randrange(1000), split="val")
+    seen = torch.zeros(len(TEXTURE_CLASSES))
+    thin_px = thin_core = 0
+    for i in range(len(ds)):
+        mask = ds[i][1]
+        seen += torch.bincount(mask.flatten(), minlength=len(TEXTURE_CLASSES))
+        t = (mask == len(TEXTURE_CLASSES) - 1).float()[None, None]
+        eroded = -torch.nn.functional.max_pool2d(-t, 3, 1, 1)  # 3 x 3 erosion
+        thin_px += int(t.sum())
+        thin_core += int(eroded.sum())
+    assert (seen > 0).all()
+    assert seen[0] / seen.sum() < 0.8  # foreground is not a rounding error
+    assert thin_px > 0 and thin_core / thin_px < 0.1  # strokes at most ~2 px wide
+    ds2 = make_dataset("textures", split="val", size=64, num_samples=3, num_classes=3)
+    assert len(ds2) == 3 and int(max(ds2[i][1].max() for i in range(3))) <= 2
+    assert len(make_dataset("textures", split="val")) >= 1000
