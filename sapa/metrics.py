@@ -25,6 +25,15 @@ along the border, so the score measures the object contours an upsampler has to 
 not the frame. Pass ``frame_is_boundary=True`` for the original behaviour (pixels outside
 the image count as "not in M").
 
+Class-agnostic boundary IoU (:func:`foreground_boundary_iou`): the same band score for the
+binary map "foreground = not ``background``" (default class 0): it scores whether object
+edges are where they should be, whatever class the object is given.
+
+Error breakdown (:func:`error_breakdown`): every wrong pixel is either a *localisation*
+error, if the predicted class occurs in the target within ``d`` pixels (chessboard
+distance, the boundary-band width) of it, so moving a boundary by at most ``d`` pixels
+would fix it, or a *recognition* error otherwise (a class that is not there).
+
 :class:`SegmentationMeter` accumulates the counts over batches (and across processes with
 ``torch.distributed``) for evaluation loops.
 """
@@ -45,6 +54,9 @@ __all__ = [
     "default_boundary_dilation",
     "boundary_counts",
     "boundary_iou",
+    "foreground_boundary_counts",
+    "foreground_boundary_iou",
+    "error_breakdown",
     "SegmentationMeter",
 ]
 
@@ -248,22 +260,121 @@ def boundary_iou(
     return (m, scores) if per_class else m
 
 
+def foreground_boundary_counts(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    background: int = 0,
+    dilation: Optional[int] = None,
+    ignore_index: Optional[int] = None,
+    frame_is_boundary: bool = False,
+):
+    """(intersection, union) pixel counts (ints) of the foreground/background boundary bands.
+
+    Inputs as in :func:`foreground_boundary_iou`; summing over batches and dividing gives the
+    dataset-level score.
+    """
+    if isinstance(background, bool) or not isinstance(background, int) or not 0 <= background < num_classes:
+        raise ValueError(f"background must be a class index in [0, {num_classes}), got {background!r}")
+    pred, target, valid = _check_labels(pred, target, num_classes, ignore_index)
+    if dilation is None:
+        dilation = default_boundary_dilation(*target.shape[-2:])
+    target = torch.where(valid, target, pred)
+    bg = boundary_band(target != background, dilation, frame_is_boundary) & valid
+    bp = boundary_band(pred != background, dilation, frame_is_boundary) & valid
+    # the band of the background side too: the edge seen from both masks
+    bg |= boundary_band(target == background, dilation, frame_is_boundary) & valid
+    bp |= boundary_band(pred == background, dilation, frame_is_boundary) & valid
+    return int((bg & bp).sum()), int((bg | bp).sum())
+
+
+def foreground_boundary_iou(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    background: int = 0,
+    dilation: Optional[int] = None,
+    ignore_index: Optional[int] = None,
+    frame_is_boundary: bool = False,
+) -> float:
+    """Class-agnostic boundary IoU: the bands of the foreground/background edges.
+
+    Args:
+        pred, target: (H, W) or (N, H, W) integer label maps.
+        num_classes: number of classes C (labels are checked against it).
+        background: the class that is not foreground (default 0).
+        dilation, ignore_index, frame_is_boundary: as in :func:`boundary_iou`.
+
+    Returns:
+        ``|B_t & B_p| / |B_t | B_p|`` with ``B`` the pixels within ``d`` of a
+        foreground/background edge on either side (NaN if neither map has such an edge).
+        A foreground region given the wrong class scores as well as one given the right class.
+    """
+    inter, union = foreground_boundary_counts(pred, target, num_classes, background, dilation,
+                                              ignore_index, frame_is_boundary)
+    return inter / union if union else math.nan
+
+
+def error_breakdown(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    dilation: Optional[int] = None,
+    ignore_index: Optional[int] = None,
+) -> Dict[str, int]:
+    """Split the wrong pixels into localisation and recognition errors (counts).
+
+    A wrong pixel (pred != target, target not ignored) is a *localisation* error when its
+    predicted class occurs in the (non-ignored) target within chessboard distance ``d`` of
+    it (default :func:`default_boundary_dilation`): the boundary is misplaced by at most
+    ``d`` pixels. Otherwise it is a *recognition* error: the predicted class is not there.
+
+    Args:
+        pred, target: (H, W) or (N, H, W) integer label maps.
+        num_classes: number of classes C.
+        dilation: d >= 1.
+        ignore_index: target label left out.
+
+    Returns:
+        dict of ints ``pixels`` (counted), ``errors``, ``localisation``, ``recognition``
+        (``errors = localisation + recognition``).
+    """
+    pred, target, valid = _check_labels(pred, target, num_classes, ignore_index)
+    if dilation is None:
+        dilation = default_boundary_dilation(*target.shape[-2:])
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+    wrong = valid & (pred != target)
+    onehot = F.one_hot(torch.where(valid, target, 0), num_classes).permute(0, 3, 1, 2).float()
+    onehot = onehot * valid[:, None].float()
+    near = F.max_pool2d(onehot, 2 * dilation + 1, stride=1, padding=dilation) > 0  # (N, C, H, W)
+    near_pred = near.gather(1, pred[:, None].clamp(0, num_classes - 1))[:, 0]
+    loc = int((wrong & near_pred).sum())
+    errors = int(wrong.sum())
+    return {"pixels": int(valid.sum()), "errors": errors, "localisation": loc, "recognition": errors - loc}
+
+
 class SegmentationMeter:
     """Accumulates confusion matrix and boundary counts over batches.
 
     ``update(pred, target)`` with (N, H, W) label maps; ``all_reduce()`` sums the counts over
     the processes of the default ``torch.distributed`` group; ``compute()`` returns a dict with
-    ``miou``, ``boundary_iou``, ``pixel_acc`` (floats) and ``iou_per_class``,
-    ``boundary_iou_per_class`` (lists, NaN for absent classes).
+    ``miou``, ``boundary_iou``, ``pixel_acc``, ``fg_boundary_iou`` (class-agnostic, see
+    :func:`foreground_boundary_iou`; background = class ``background``), ``error_rate``,
+    ``loc_error_rate``, ``rec_error_rate`` (fractions of all counted pixels, see
+    :func:`error_breakdown`), ``loc_error_share`` (localisation / errors) (floats) and
+    ``iou_per_class``, ``boundary_iou_per_class`` (lists, NaN for absent classes).
     """
 
     def __init__(self, num_classes: int, ignore_index: Optional[int] = None,
-                 dilation: Optional[int] = None, frame_is_boundary: bool = False):
+                 dilation: Optional[int] = None, frame_is_boundary: bool = False, background: int = 0):
         self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.dilation, self.frame_is_boundary = dilation, frame_is_boundary
+        self.dilation, self.frame_is_boundary, self.background = dilation, frame_is_boundary, background
         self.conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         self.b_inter = torch.zeros(num_classes, dtype=torch.int64)
         self.b_union = torch.zeros(num_classes, dtype=torch.int64)
+        # fg/bg band intersection, union; pixels, errors, localisation errors
+        self.extra = torch.zeros(5, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of (N, H, W) or (H, W) predictions and targets."""
@@ -273,13 +384,17 @@ class SegmentationMeter:
                                self.ignore_index, self.frame_is_boundary)
         self.b_inter += i
         self.b_union += u
+        fi, fu = foreground_boundary_counts(pred, target, self.num_classes, self.background, self.dilation,
+                                            self.ignore_index, self.frame_is_boundary)
+        e = error_breakdown(pred, target, self.num_classes, self.dilation, self.ignore_index)
+        self.extra += torch.tensor([fi, fu, e["pixels"], e["errors"], e["localisation"]])
 
     def all_reduce(self) -> None:
         """Sum the counts over all processes (no-op unless torch.distributed is initialised)."""
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flat = torch.cat([self.conf.flatten(), self.b_inter, self.b_union])
+            flat = torch.cat([self.conf.flatten(), self.b_inter, self.b_union, self.extra])
             if dist.get_backend() == "nccl":
                 flat = flat.cuda()
             dist.all_reduce(flat)
@@ -287,17 +402,24 @@ class SegmentationMeter:
             C = self.num_classes
             self.conf = flat[: C * C].view(C, C).clone()
             self.b_inter = flat[C * C : C * C + C].clone()
-            self.b_union = flat[C * C + C :].clone()
+            self.b_union = flat[C * C + C : C * C + 2 * C].clone()
+            self.extra = flat[C * C + 2 * C :].clone()
 
     def compute(self) -> Dict[str, object]:
         ious = iou_from_confusion(self.conf)
         b = torch.where(self.b_union > 0, self.b_inter.double() / self.b_union.clamp_min(1).double(),
                         torch.full((self.num_classes,), math.nan, dtype=torch.float64))
         total = int(self.conf.sum())
+        fi, fu, pixels, errors, loc = (int(v) for v in self.extra)
         return {
             "miou": _nanmean(ious),
             "boundary_iou": _nanmean(b),
             "pixel_acc": float(self.conf.diagonal().sum()) / total if total else math.nan,
+            "fg_boundary_iou": fi / fu if fu else math.nan,
+            "error_rate": errors / pixels if pixels else math.nan,
+            "loc_error_rate": loc / pixels if pixels else math.nan,
+            "rec_error_rate": (errors - loc) / pixels if pixels else math.nan,
+            "loc_error_share": loc / errors if errors else math.nan,
             "iou_per_class": [float(v) for v in ious],
             "boundary_iou_per_class": [float(v) for v in b],
         }

@@ -140,3 +140,71 @@ def test_boundary_iou_ignores_the_edges_of_ignored_regions():
 def test_boundary_band_rejects_non_bool_masks():
     with pytest.raises(TypeError, match="mask must be a .* bool tensor, got torch.int64"):
         metrics.boundary_band(torch.ones(4, 4, dtype=torch.long), 1)
+
+
+# ---- class-agnostic boundary IoU and the error breakdown ---------------------------------------
+def test_foreground_boundary_iou_by_hand():
+    # target: class-1 square rows 1-4, cols 1-4 in an 8x8 image; pred: same square, class 2
+    t = torch.zeros(8, 8, dtype=torch.long)
+    t[1:5, 1:5] = 1
+    p = t.clone()
+    p[1:5, 1:5] = 2
+    assert metrics.foreground_boundary_iou(p, t, 3, dilation=1) == 1.0  # class does not matter
+    assert metrics.boundary_iou(p, t, 3, dilation=1) < 0.5  # ... but it does for Cheng's score
+    # shift the predicted square one column right: inner ring of the square (12 px) plus the
+    # outer ring in the background (20 px) = 32 px band each; by hand the target band is
+    # rows 0-5 x cols 0-5 minus the 2x2 centre (36 - 4 = 32), the pred band rows 0-5 x
+    # cols 1-6 minus rows 2-3 x cols 3-4 (32); intersection rows 0-5 x cols 1-5 (30) minus
+    # the two centres' union (rows 2-3 x cols 2-4 = 6) = 24; union 32 + 32 - 24 = 40
+    q = torch.zeros(8, 8, dtype=torch.long)
+    q[1:5, 2:6] = 1
+    assert metrics.foreground_boundary_iou(q, t, 2, dilation=1) == pytest.approx(24 / 40)
+    assert math.isnan(metrics.foreground_boundary_iou(torch.zeros(4, 4, dtype=torch.long),
+                                                      torch.zeros(4, 4, dtype=torch.long), 2))
+    with pytest.raises(ValueError, match="background"):
+        metrics.foreground_boundary_iou(q, t, 2, background=2)
+
+
+def test_error_breakdown_by_hand():
+    # target: left half class 1, right half class 2 (8x8); pred: the edge moved 1 px right,
+    # plus one pixel of class 3 in the left half far from any class 3 (a recognition error),
+    # plus one pixel of class 2 at column 0 (4 px from class 2: recognition at d = 2)
+    t = torch.ones(8, 8, dtype=torch.long)
+    t[:, 4:] = 2
+    p = t.clone()
+    p[:, 4] = 1  # 8 localisation errors
+    p[0, 1] = 3
+    p[5, 0] = 2
+    e = metrics.error_breakdown(p, t, 4, dilation=2)
+    assert e == {"pixels": 64, "errors": 10, "localisation": 8, "recognition": 2}
+    # with d = 4 the class-2 pixel at column 0 is within reach of the true class-2 region
+    e4 = metrics.error_breakdown(p, t, 4, dilation=4)
+    assert e4["localisation"] == 9 and e4["recognition"] == 1
+    # ignored target pixels are neither counted nor evidence of a class nearby
+    t2 = t.clone()
+    t2[:, 4:] = 255
+    e_ign = metrics.error_breakdown(p, t2, 4, dilation=2, ignore_index=255)
+    assert e_ign["pixels"] == 32 and e_ign["errors"] == 2 and e_ign["localisation"] == 0
+
+
+def test_error_breakdown_random_sums_and_meter():
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    t = torch.randint(0, 4, (3, 16, 16), generator=g)
+    p = torch.where(torch.rand(3, 16, 16, generator=g) < 0.2, torch.randint(0, 4, (3, 16, 16), generator=g), t)
+    e = metrics.error_breakdown(p, t, 4)
+    assert e["errors"] == int((p != t).sum()) and e["localisation"] + e["recognition"] == e["errors"]
+    # brute force: the predicted class within chessboard distance d
+    d = metrics.default_boundary_dilation(16, 16)
+    loc = 0
+    for n, i, j in (p != t).nonzero().tolist():
+        win = t[n, max(0, i - d): i + d + 1, max(0, j - d): j + d + 1]
+        loc += bool((win == p[n, i, j]).any())
+    assert e["localisation"] == loc
+    meter = SegmentationMeter(4)
+    meter.update(p[:1], t[:1])
+    meter.update(p[1:], t[1:])
+    out = meter.compute()
+    assert out["error_rate"] == pytest.approx(e["errors"] / e["pixels"])
+    assert out["loc_error_rate"] + out["rec_error_rate"] == pytest.approx(out["error_rate"])
+    assert out["loc_error_share"] == pytest.approx(loc / e["errors"])
+    assert out["fg_boundary_iou"] == pytest.approx(metrics.foreground_boundary_iou(p, t, 4))
