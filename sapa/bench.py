@@ -27,7 +27,8 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-from .ops import available_backends, sapa_upsample
+from .backends import available_backends
+from .functional import sapa_upsample
 
 __all__ = ["run_case", "run", "format_table", "main"]
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .module import SAPA
+from .modules import SAPA
 
 __all__ = ["count_params", "count_flops", "paper_table1", "table1", "format_table"]
 

@@ -9,7 +9,7 @@ value (B, C, H, W), K x K windows, H' = s H, W' = s W):
 ``"two_kernel"``    the official CUDA code: kernel 1 writes the (B, H', W', K*K) logits, a
                     PyTorch softmax reads them and writes the weights, kernel 2 reads the
                     weights and the values and writes the output.
-``"fused"``         ``sapa.triton_ops``: every input read once, the output written once, plus
+``"fused"``         ``sapa.backends.triton``: every input read once, the output written once, plus
                     one float32 statistic (log-sum-exp) per output pixel for the backward.
 
 The model counts each tensor access once (reads of overlapping windows are assumed to

@@ -21,7 +21,7 @@ def compile_job(kernel: str, arch: int, dtype_name: str, kernel_size: int, norma
     import time
 
     import torch
-    from sapa import triton_ops
+    from sapa.backends import triton as triton_ops
 
     t0 = time.time()
     res = triton_ops.compile_kernels_aot(

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 import sapa
-from sapa.module import channel_layer_norm
+from sapa.modules import channel_layer_norm
 
 VARIANTS = ("I", "B", "P", "G")
 

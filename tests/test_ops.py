@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import sapa
-from sapa.ops import NORM_EPS, window_centres
+from sapa.normalize import NORM_EPS
+from sapa.windows import window_centres
 
 NORMS = ("softmax", "relu", "sigmoid", "softplus", "none")
 PADS = ("zeros", "ignore")

@@ -23,7 +23,7 @@ import torch
 import sapa
 
 try:
-    from sapa import triton_ops
+    from sapa.backends import triton as triton_ops
 except ImportError:  # no triton: only the triton-free tests run
     triton_ops = None
 
@@ -63,9 +63,9 @@ def test_interpreter_suite():
 
 def test_import_without_triton_raises_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # "import triton" now fails
-    monkeypatch.delitem(sys.modules, "sapa.triton_ops", raising=False)
+    monkeypatch.delitem(sys.modules, "sapa.backends.triton", raising=False)
     with pytest.raises(ImportError):
-        importlib.import_module("sapa.triton_ops")
+        importlib.import_module("sapa.backends.triton")
 
 
 @needs_triton

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import sapa
-from sapa.ops import sapa_upsample
+from sapa.functional import sapa_upsample
 from sapa.upsamplers import GUIDED, available_upsamplers, build_upsampler, reassemble
 
 NAMES = available_upsamplers()

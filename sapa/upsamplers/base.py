@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import check_kernel_size, check_tensor
-from ..ops import window_centres
+from ..windows import window_centres
 
 __all__ = ["reassemble", "Upsampler"]
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import nearest_upsample_to
+from ..windows import nearest_upsample_to
 from .base import Upsampler
 
 __all__ = ["Nearest", "Bilinear", "Deconv", "PixelShuffleUp"]

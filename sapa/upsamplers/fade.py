@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import check_kernel_size
-from ..ops import nearest_upsample_to
+from ..windows import nearest_upsample_to
 from .base import Upsampler, _positive_int, reassemble
 
 __all__ = ["FADE"]

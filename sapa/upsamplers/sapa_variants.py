@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..module import SAPA
-from ..ops import window_centres
+from ..modules import SAPA
+from ..windows import window_centres
 from .base import Upsampler, _positive_int
 
 __all__ = ["SAPAUpsampler", "SAPADynamic"]

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_tensor
 from ._checks import check_positive_int as _positive_int
-from .ops import nearest_upsample_to, sapa_kernels, sapa_upsample
+from .functional import sapa_kernels, sapa_upsample
+from .windows import nearest_upsample_to
 
 VARIANTS = ("I", "B", "P", "G")
 

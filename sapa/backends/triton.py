@@ -121,9 +121,9 @@ try:
     import triton.language as tl
     from triton.runtime.interpreter import InterpretedFunction
 except Exception as exc:  # pragma: no cover - exercised only without triton
-    raise ImportError(f"sapa.triton_ops needs Triton: {exc}") from exc
+    raise ImportError(f"sapa.backends.triton needs Triton: {exc}") from exc
 
-from .ops import NORM_EPS, register_backend
+from ..normalize import NORM_EPS
 
 __all__ = ["sapa_triton", "available", "compile_kernels_aot", "KERNEL_NAMES", "INTERPRETED"]
 
@@ -603,9 +603,6 @@ def sapa_triton(query, key, value, kernel_size=5, normalization="softmax", paddi
             "before triton is imported, CUDA tensors need it unset"
         )
     return _SapaTritonFn.apply(query, key, value, kernel_size, normalization, padding)
-
-
-register_backend("triton", sapa_triton, available)
 
 
 # --------------------------------------------------------------------------------------

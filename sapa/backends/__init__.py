@@ -1,0 +1,209 @@
+"""The backends of :func:`sapa.sapa_upsample`, registered here and nowhere else.
+
+Built in: ``"reference"`` (:mod:`sapa.backends.reference`), ``"torch"``
+(:mod:`sapa.backends.pytorch`). Optional (imported on first use, tried once per process;
+the reason of a failed import is kept and shown when the backend is asked for):
+``"triton"`` (:mod:`sapa.backends.triton`, needs the ``triton`` package).
+
+Backend interface
+-----------------
+A backend is a :class:`Backend` record of plain functions. Inputs have been validated by
+:func:`sapa.sapa_upsample` (4-d, one dtype, one device, H' >= H, W' >= W):
+query (B, d, H', W'), key (B, d, H, W), value (B, C, H, W).
+
+``forward(query, key, value, kernel_size, normalization, padding) -> (out, stat)``
+    ``out`` (B, C, H', W'), contiguous, dtype of the inputs. ``stat`` a float32 tensor the
+    backward needs besides the inputs and ``out``: shape (B, H'*W') (e.g. the per-pixel
+    log-sum-exp) when ``saves_stat`` is True, shape (0,) otherwise. Shapes of ``out`` and
+    ``stat`` follow from the input shapes alone (the compiler's fake implementation relies
+    on it).
+``backward(grad_out, query, key, value, out, stat, kernel_size, normalization, padding, needs)``
+    ``-> (grad_query, grad_key, grad_value)``; ``needs`` is three bools, a gradient whose
+    flag is False may be None. ``backward=None`` means ``forward`` is made of
+    differentiable PyTorch ops and autograd differentiates it (the reference backend).
+``available(query) -> bool``
+    whether the backend runs on this device and dtype (checked before every call).
+``auto(query) -> bool``
+    whether ``backend="auto"`` may pick it for this tensor; ``"auto"`` takes the first
+    backend of :data:`AUTO_ORDER` that says yes (``"torch"`` always does).
+
+Adding a backend is one change in this file: a module ``sapa/backends/<name>.py`` exposing
+``forward``, ``backward``, ``available`` (and optionally ``auto``, ``SAVES_STAT``), plus
+one entry ``"<name>": _module_loader("sapa.backends.<name>")`` in :data:`_OPTIONAL` (and
+its name in :data:`AUTO_ORDER` if ``"auto"`` should pick it). Or, from user code,
+:func:`register_backend`.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from . import pytorch as _pytorch
+from . import reference as _reference
+
+__all__ = ["Backend", "register_backend", "available_backends", "get_backend", "resolve_backend", "AUTO_ORDER"]
+
+
+def _always(query: torch.Tensor) -> bool:
+    return True
+
+
+def _never(query: torch.Tensor) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the operator (see the module docstring for the contract)."""
+
+    name: str
+    forward: Callable
+    backward: Optional[Callable] = None
+    available: Callable[[torch.Tensor], bool] = _always
+    auto: Callable[[torch.Tensor], bool] = _never
+    saves_stat: bool = False
+
+
+_BACKENDS: Dict[str, Backend] = {}
+
+#: the order in which ``backend="auto"`` asks the backends (first that accepts wins)
+AUTO_ORDER: Tuple[str, ...] = ("triton", "torch")
+
+
+def register_backend(
+    name: str,
+    forward: Callable,
+    backward: Optional[Callable] = None,
+    available: Optional[Callable[[torch.Tensor], bool]] = None,
+    auto: Optional[Callable[[torch.Tensor], bool]] = None,
+    saves_stat: bool = False,
+) -> Backend:
+    """Register (or replace) backend ``name``; see the module docstring for the contract."""
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"a backend name must be a non-empty string other than 'auto', got {name!r}")
+    be = Backend(name, forward, backward, available or _always, auto or _never, bool(saves_stat))
+    _BACKENDS[name] = be
+    return be
+
+
+# ---- optional backends: imported on first use, once ----------------------------------
+class _Ctx:
+    """Stand-in for an autograd ``ctx`` to call an ``autograd.Function``'s static methods."""
+
+    def __init__(self, saved=(), cfg=None, needs=(True, True, True)):
+        self.saved_tensors, self.cfg, self.needs_input_grad = tuple(saved), cfg, tuple(needs) + (False,) * 3
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+def _load_triton() -> Backend:
+    from . import triton as tr
+
+    fn = tr._SapaTritonFn
+
+    def forward(query, key, value, kernel_size, normalization, padding):
+        ctx = _Ctx()
+        out = fn.forward(ctx, query, key, value, kernel_size, normalization, padding)
+        return out, ctx.saved_tensors[4]
+
+    def backward(grad_out, query, key, value, out, stat, kernel_size, normalization, padding, needs):
+        saved = (query.contiguous(), key.contiguous(), value.contiguous(), out, stat)
+        ctx = _Ctx(saved, (kernel_size, tr._NORM_CODE[normalization], padding == "ignore"), needs)
+        return tuple(fn.backward(ctx, grad_out)[:3])
+
+    def auto(query):
+        return query.is_cuda and tr.available(query)
+
+    return Backend("triton", forward, backward, tr.available, auto, saves_stat=True)
+
+
+def _module_loader(module: str) -> Callable[[], Backend]:
+    """Loader of a backend module exposing ``forward``, ``backward``, ``available`` [, ``auto``]."""
+
+    def load() -> Backend:
+        mod = importlib.import_module(module)
+        name = module.rsplit(".", 1)[-1]
+        return Backend(name, mod.forward, getattr(mod, "backward", None), getattr(mod, "available", _always),
+                       getattr(mod, "auto", _never), bool(getattr(mod, "SAVES_STAT", False)))
+
+    return load
+
+
+#: optional backends: name -> loader (called once; an ImportError marks the backend missing)
+_OPTIONAL: Dict[str, Callable[[], Backend]] = {
+    "triton": _load_triton,
+}
+_MISSING: Dict[str, str] = {}  # name -> why its import failed
+_loaded = False
+
+
+def _load_optional() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name, loader in _OPTIONAL.items():
+        if name in _BACKENDS:
+            continue
+        try:
+            _BACKENDS[name] = loader()
+        except ImportError as exc:
+            _MISSING[name] = f"{type(exc).__name__}: {exc}"
+
+
+def available_backends() -> Tuple[str, ...]:
+    """Names accepted by ``backend=`` (besides ``"auto"``) in this process."""
+    _load_optional()
+    return tuple(_BACKENDS)
+
+
+def check_backend_name(backend) -> str:
+    """Return ``backend`` if it names a backend of this process or is ``"auto"``, else raise.
+
+    Asking for an optional backend whose import failed (e.g. ``"triton"`` without Triton
+    installed) raises a ValueError that says so and why.
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    _load_optional()
+    if backend == "auto" or backend in _BACKENDS:
+        return backend
+    if backend in _MISSING:
+        raise ValueError(
+            f"backend {backend!r} is not available in this process: importing it failed "
+            f"({_MISSING[backend]}); the available backends are {available_backends() + ('auto',)}"
+        )
+    raise ValueError(f"unknown backend {backend!r}; expected one of {available_backends() + ('auto',)}")
+
+
+def get_backend(name: str) -> Backend:
+    """The registered :class:`Backend` called ``name``."""
+    _load_optional()
+    return _BACKENDS[name]
+
+
+def resolve_backend(backend: str, query: torch.Tensor) -> Backend:
+    """The backend that runs ``query``: ``"auto"`` resolved, availability checked."""
+    check_backend_name(backend)
+    if backend == "auto":
+        for name in AUTO_ORDER:
+            be = _BACKENDS.get(name)
+            if be is not None and be.auto(query):
+                return be
+        return _BACKENDS["torch"]
+    be = _BACKENDS[backend]
+    if not be.available(query):
+        hint = ""
+        if backend == "triton":
+            hint = (" (the Triton backend runs on CUDA tensors in float32/float16/bfloat16; on CPU "
+                    "tensors only in a process started with TRITON_INTERPRET=1)")
+        raise ValueError(f"backend {backend!r} cannot run on {query.device} tensors of dtype {query.dtype}{hint}")
+    return be
+
+
+register_backend("reference", _reference.forward)
+register_backend("torch", _pytorch.forward, _pytorch.backward, auto=_always)
