@@ -3,14 +3,22 @@
 The chapters that compare upsamplers read ``<results>/segmentation.csv`` and
 ``<results>/ablations.csv`` (written by :mod:`sapa.sweep`), the JSON files beside them
 (``command``, ``seconds``, ``date``, ``machine``, ``train_overrides``), and a few trained
-models ``<results>/models/<run>.pt`` exported from the sweep's run folders::
+models exported from the sweep's run folders: ``<results>/models/<run>.safetensors`` (the
+weights) with ``<results>/models/<run>.json`` (the training config) beside it::
 
     from sapa.results import export_model, load_model
-    export_model("runs/segmentation/sapa-b_s0", "book/results/models/sapa-b_s0.pt")
-    model = load_model("book/results/models/sapa-b_s0.pt")     # a Segmenter in eval mode
+    export_model("runs/segmentation/sapa-b_s0", "book/results/models/sapa-b_s0.safetensors")
+    model = load_model("book/results/models/sapa-b_s0.safetensors")   # a Segmenter in eval mode
 
-An exported file is a dict ``{"config": TrainConfig as a dict, "model": float32 state dict}``:
-no optimizer state, no history, so it is a fraction of the checkpoint's size.
+The weights are a float32 state dict (integer buffers keep their dtype); the JSON holds the
+TrainConfig as a dict plus ``epochs_trained``. No optimizer state, no history, so the pair is a
+fraction of the checkpoint's size. Loading never runs code: safetensors and JSON hold data
+only, and the run's ``last.pt`` is read with ``weights_only=True`` (:mod:`sapa.checkpoint`).
+A file that is damaged, not a stored model, or of another model raises
+:class:`sapa.checkpoint.CheckpointError` naming it.
+
+:func:`load_state_dict_file` reads any state dict (``.safetensors``, or ``.pth``/``.pt`` with
+``weights_only=True``), e.g. an official checkpoint.
 """
 from __future__ import annotations
 
@@ -20,7 +28,11 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-__all__ = ["ENV_VAR", "repo_root", "results_dir", "export_model", "load_model", "model_config"]
+from .checkpoint import (CheckpointError, describe_mismatch, load_model_file, load_state_dict_file,
+                         load_training_checkpoint, model_file_paths, read_model_config, save_model_file)
+
+__all__ = ["ENV_VAR", "repo_root", "results_dir", "export_model", "load_model", "model_config",
+           "load_state_dict_file", "CheckpointError"]
 
 #: environment variable that overrides the results folder
 ENV_VAR = "SAPA_RESULTS_DIR"
@@ -53,25 +65,25 @@ def results_dir(start: Optional[PathLike] = None) -> Optional[Path]:
 
 
 def export_model(run_dir: PathLike, dest: PathLike) -> Path:
-    """Save the model of a training run (``run_dir/last.pt``) as ``{"config", "model"}``.
+    """Store the model of a training run (``run_dir/last.pt``) as ``dest`` (a ``.safetensors``
+    file of weights) and its training config as JSON beside it (``dest`` with ``.json``).
 
     The state dict is stored in float32 on the CPU (integer buffers such as BatchNorm's
-    ``num_batches_tracked`` keep their dtype). Returns the destination path.
+    ``num_batches_tracked`` keep their dtype). Each file is written atomically. Returns the
+    ``.safetensors`` path.
     """
+    dest = Path(dest)
+    if dest.suffix != ".safetensors":
+        raise ValueError(f"dest must name a .safetensors file (its .json config goes beside it), got {dest}")
     src = Path(run_dir) / "last.pt"
     if not src.is_file():
         raise FileNotFoundError(f"no checkpoint {src}: train the run first")
-    state = torch.load(src, map_location="cpu", weights_only=False)
+    state = load_training_checkpoint(src)
     sd = {k: (v.detach().to(torch.float32) if v.is_floating_point() else v.detach()).clone()
           for k, v in state["model"].items()}
     config = dict(state["config"])
-    config["epochs_trained"] = int(state.get("epoch", config.get("epochs") or 0))
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    torch.save({"config": config, "model": sd}, tmp)
-    os.replace(tmp, dest)
-    return dest
+    config["epochs_trained"] = int(state["epoch"])
+    return save_model_file(dest, sd, config)
 
 
 def _num_classes(config: Dict[str, Any], state_dict: Dict[str, torch.Tensor]) -> int:
@@ -85,8 +97,9 @@ def _num_classes(config: Dict[str, Any], state_dict: Dict[str, torch.Tensor]) ->
 
 
 def model_config(path: PathLike) -> Dict[str, Any]:
-    """The training config stored in an exported model file (a dict of TrainConfig fields)."""
-    return dict(torch.load(path, map_location="cpu", weights_only=False)["config"])
+    """The training config stored beside an exported model (a dict of TrainConfig fields plus
+    ``epochs_trained``); ``path`` names the ``.safetensors`` file or its ``.json``."""
+    return dict(read_model_config(path))
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
@@ -95,17 +108,29 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
     The architecture comes from the stored config (``upsampler``, ``width``, ``stages``,
     ``upsampler_options``, ``skip_fusion``); the class count and the decoder width from the
     head's weight (so configs written before ``decoder_width`` existed load too). The
-    config is attached as ``model.config``.
+    config is attached as ``model.config``. ``path`` names the ``.safetensors`` file (or its
+    ``.json``). Raises :class:`CheckpointError` naming the file when it is damaged, not a
+    stored sapa model, or holds weights that do not fit the model its config describes.
     """
     from .models import Segmenter
 
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    cfg, sd = dict(blob["config"]), blob["model"]
-    decoder_width = int(sd["head.weight"].shape[1]) if "head.weight" in sd else cfg.get("decoder_width")
-    model = Segmenter(_num_classes(cfg, sd), cfg["upsampler"], width=int(cfg["width"]),
-                      stages=int(cfg.get("stages", 4)), decoder_width=decoder_width,
-                      upsampler_options=dict(cfg.get("upsampler_options") or {}),
-                      skip_fusion=cfg.get("skip_fusion", "concat"))
-    model.load_state_dict(sd)
+    weights, _ = model_file_paths(path)
+    sd, cfg = load_model_file(path)
+    if not isinstance(cfg.get("upsampler"), str) or not isinstance(cfg.get("width"), int):
+        raise CheckpointError(f"{path}: its config lacks 'upsampler' or 'width'; expected the config "
+                              f"of a Segmenter trained by sapa.train")
+    try:
+        decoder_width = int(sd["head.weight"].shape[1]) if "head.weight" in sd else cfg.get("decoder_width")
+        model = Segmenter(_num_classes(cfg, sd), cfg["upsampler"], width=int(cfg["width"]),
+                          stages=int(cfg.get("stages", 4)), decoder_width=decoder_width,
+                          upsampler_options=dict(cfg.get("upsampler_options") or {}),
+                          skip_fusion=cfg.get("skip_fusion", "concat"))
+    except (ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path}: describes no Segmenter this sapa can build ({e})") from e
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights}: its weights do not fit the {cfg['upsampler']} Segmenter its "
+                              f"config describes ({describe_mismatch(e)})") from e
     model.config = cfg
     return model.to(device).eval()

@@ -13,8 +13,11 @@ Python::
 
 What a run writes (rank 0 only) in ``out``:
 
-* ``last.pt``: model, optimizer, finished epoch count, history, config (atomic: written to a
-  temporary file then ``os.replace``-d, so an interruption never leaves a torn checkpoint);
+* ``last.pt``: model, optimizer, finished epoch count, history, config (a dict of plain
+  values) and the Python/NumPy/torch RNG states, as tensors and plain values only, under a
+  format header (:mod:`sapa.checkpoint`). It is read back with ``weights_only=True``, so
+  loading it never runs code. Written atomically (a temporary file, flushed, then
+  ``os.replace``-d): an interruption never leaves a torn checkpoint in place of the last one;
 * ``metrics.json``: config, parameter counts, one record per finished epoch (train loss,
   val mIoU, boundary IoU, pixel accuracy, per-class scores, ms per iteration, lr) and
   ``final`` (the last epoch's record).
@@ -23,7 +26,9 @@ Rerunning the same command continues after the last finished epoch (``--no-resum
 over). ``epochs`` may grow between runs: the cosine schedule is a function of the step and
 the total step count, so it is recomputed for the new length. Any other change of a
 setting that defines the run (upsampler, data, sizes, seed, batch, lr, ...) is refused
-with an error listing the differences.
+with an error listing the differences. A last.pt that is damaged, not a checkpoint, of
+another model or of another checkpoint format version is refused with one line naming it,
+before any training starts.
 
 Schedule: AdamW, linear warm-up over the first 5 % of the steps (at least one), then cosine
 decay to 1 % of ``lr``. Seeds: ``seed`` seeds Python, NumPy and torch (model initialisation
@@ -56,6 +61,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint import (CheckpointError, atomic_write, check_plain, describe_mismatch,
+                         load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state)
 from .data import DATASETS, IGNORE_INDEX, make_dataset
 from .metrics import SegmentationMeter
 from .models import SKIP_FUSIONS, Segmenter, count_parameters
@@ -151,6 +158,7 @@ def resolve_config(config) -> TrainConfig:
         raise ValueError(f"max_steps_per_epoch must be positive or None, got {cfg.max_steps_per_epoch}")
     if not isinstance(cfg.upsampler_options, dict):
         raise TypeError(f"upsampler_options must be a dict, got {type(cfg.upsampler_options).__name__}")
+    check_plain(cfg.upsampler_options, "upsampler_options")  # stored in checkpoints and JSON
     return cfg
 
 
@@ -173,20 +181,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    _atomic_write_bytes(path, lambda p: torch.save(state, p))
-
-
 def _json_safe(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -199,7 +193,7 @@ def _json_safe(obj):
 
 def _write_json(path: Path, data: dict) -> None:
     text = json.dumps(_json_safe(data), indent=2)
-    _atomic_write_bytes(path, lambda p: p.write_text(text))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class _Dist:
@@ -343,6 +337,15 @@ def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {dist.world}")
+    resume = None  # read and checked before anything is built or trained
+    if ckpt_path is not None and cfg.resume and ckpt_path.exists():
+        resume = load_training_checkpoint(ckpt_path)
+        _check_resume(resume["config"], cfg)
+        if resume["epoch"] > cfg.epochs:
+            raise ValueError(
+                f"{ckpt_path} has {resume['epoch']} finished epochs but epochs={cfg.epochs} was asked for: "
+                f"pass epochs >= {resume['epoch']} to resume, or --no-resume (a new --out) to start over"
+            )
     _seed_everything(cfg.seed)
 
     # data ----------------------------------------------------------------------------
@@ -380,19 +383,19 @@ def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     history, start_epoch = [], 0
-    if ckpt_path is not None and cfg.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        _check_resume(state["config"], cfg)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start_epoch = list(state["history"]), int(state["epoch"])
-        if start_epoch > cfg.epochs:
-            raise ValueError(
-                f"{ckpt_path} has {start_epoch} finished epochs but epochs={cfg.epochs} was asked for: "
-                f"pass epochs >= {start_epoch} to resume, or --no-resume (a new --out) to start over"
-            )
-        if state.get("torch_rng") is not None:
-            torch.set_rng_state(state["torch_rng"])
+    if resume is not None:
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt_path}: its weights do not fit the model of its config "
+                                  f"({describe_mismatch(e)}); expected a checkpoint of this Segmenter") from e
+        try:
+            optimizer.load_state_dict(resume["optimizer"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"{ckpt_path}: damaged optimizer state ({e}); expected the AdamW "
+                                  f"state of this Segmenter") from e
+        history, start_epoch = list(resume["history"]), int(resume["epoch"])
+        set_rng_state(resume["rng"], dist.device)
         if dist.rank == 0:
             print(f"resuming {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
     train_model = model
@@ -439,13 +442,13 @@ def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
                   f"acc {val['pixel_acc']:.4f}  ({record['epoch_time_s']:.1f} s, "
                   f"{record['time_per_iter_ms']:.0f} ms/it)", file=sys.stderr)
             if out is not None:
-                _save_checkpoint(ckpt_path, {
+                save_training_checkpoint(ckpt_path, {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch + 1,
                     "history": history,
                     "config": dataclasses.asdict(cfg),
-                    "torch_rng": torch.get_rng_state(),
+                    "rng": rng_state(dist.device),
                 })
                 _write_json(out / "metrics.json", summary())
         dist.barrier()
@@ -533,8 +536,12 @@ def main(argv=None) -> int:
         progress=args.progress, resume=args.resume,
     )
     try:
+        resolve_config(config)  # a bad setting (ValueError or TypeError) ends here, in one line
+    except (ValueError, TypeError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    try:
         result = train(config)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:  # CheckpointError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if int(os.environ.get("RANK", "0")) == 0:
         final = result["final"]
