@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 import sapa
-from sapa.functional import sapa_upsample
 from sapa.upsamplers import GUIDED, available_upsamplers, build_upsampler, reassemble
 
 NAMES = available_upsamplers()
@@ -129,8 +128,9 @@ def expected_params(name, C, Cy, s=2):
         "sapa-b": LN + (Cy + 1) * d + (C + 1) * d,
         "sapa-p": LN + (Cy + C + 1) * d + (C + 1) * d,
         "sapa-g": LN + (Cy + 1) * d + 2 * (C + 1) * d + (C + 1),
-        # SAPA-B + offsets 1x1 d -> 2 * 4 groups * 9 points (+bias)
-        "sapa-d": LN + (Cy + 1) * d + (C + 1) * d + (d + 1) * 2 * 4 * 9,
+        # tiny-smart/sapa SAPADeform: q 1x1 Cy -> 4 groups * d, k 1x1 C -> 4 d,
+        # offsets 1x1 C -> 4 groups * 9 points * 2 * s^2 (all with bias), no norm
+        "sapa-d": (Cy + 1) * 4 * d + (C + 1) * 4 * d + (C + 1) * 4 * 9 * 2 * s * s,
     }[name]
 
 
@@ -186,17 +186,6 @@ def test_dysample_zero_offsets_is_bilinear():
     torch.nn.init.zeros_(m.offset.weight)
     x = torch.randn(2, 8, 5, 7)
     torch.testing.assert_close(m(x), F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
-
-
-def test_sapa_d_zero_offsets_is_sapa_k3():
-    torch.manual_seed(3)
-    m = build_upsampler("sapa-d", 8, 6, groups=1).double()
-    torch.nn.init.zeros_(m.offset.weight)
-    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
-    y = torch.randn(2, 6, 11, 12, dtype=torch.float64)
-    q, k = m.query_key(x, y)
-    ref = sapa_upsample(q, k, x, kernel_size=3, backend="reference")
-    torch.testing.assert_close(m(x, y), ref)
 
 
 def test_sapa_wrapper_matches_module():
@@ -321,7 +310,7 @@ def test_sapa_d_kernels_and_dysample_offsets():
 
 
 def test_fade_kernels_match_float64_formula():
-    """FADE's kernels: softmax(conv3x3_{W,b}(P_y y) + up(conv3x3_W(P_x x))), the bias once."""
+    """FADE's kernels: softmax(conv3x3_{W,b}(P_y y) + up(conv3x3_{W,b}(P_x x))): b in both, as officially."""
     torch.manual_seed(0)
     up = sapa.build_upsampler("fade", 6, 6).double()
     with torch.no_grad():
@@ -329,6 +318,6 @@ def test_fade_kernels_match_float64_formula():
     x, y = torch.randn(2, 6, 4, 5, dtype=torch.float64), torch.randn(2, 6, 8, 10, dtype=torch.float64)
     W, b = up.kernel_weight, up.kernel_bias
     m_y = F.conv2d(F.conv2d(y, up.compress_y.weight, up.compress_y.bias), W, b, padding=1)
-    m_x = F.conv2d(F.conv2d(x, up.compress_x.weight), W, padding=1)
+    m_x = F.conv2d(F.conv2d(x, up.compress_x.weight), W, b, padding=1)
     expected = torch.softmax(m_y + m_x.repeat_interleave(2, -2).repeat_interleave(2, -1), dim=1)
     torch.testing.assert_close(up.kernels(x, y), expected)

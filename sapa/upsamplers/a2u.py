@@ -26,7 +26,17 @@ class A2U(Upsampler):
       P = Conv1x1(C_y -> s^2 K^2)(AdaptiveAvgPool(1)(y)) a per-sample 1x1 conv;
       kernels = softmax_K^2(sigmoid(pixel_shuffle(a * P))), K = 3;
     feature assembly: :func:`reassemble` of x around (i // s, j // s).
-    GroupNorm uses gcd(32, C_y) groups (32 in the official code, which needs C_y % 32 == 0).
+    GroupNorm uses gcd(32, C_y) groups (32 in the official code, which needs C_y % 32 == 0:
+    other channel counts go beyond it). With K = 1 the official code takes the sigmoid alone
+    (a softmax over one entry would be constant 1); so does this module.
+    Init as the official code (``dongdong93/a2u_matting``, ``_initialize_weights`` with its
+    default config ``weight_init="xavier_normal"``, ``activation="leaky_relu"``,
+    ``activation_param=0.01``): every convolution xavier-normal with gain
+    ``calculate_gain("leaky_relu", 0.01)`` = sqrt(2 / (1 + 0.01^2)), zero biases; GroupNorm
+    weight 1, bias 0. Official keys (``bconv_U.1``, ``bconv_V.1``, ``bnu.0``, ``bnv.0``,
+    ``bconv_UP.1``) map to ``filter_u``, ``filter_v``, ``norm_u``, ``norm_v``, ``proj``; the
+    official module's downsampling branch ``bconv_DP`` (A2D, used by the encoder) has no
+    counterpart here (:func:`sapa.upsamplers.load_official_state_dict`).
     Params: 2 (C_y + 1) + 4 C_y (GN) + (s^2 K^2)(C_y + 1)  (= 36 C_y + 36 + 6 C_y + 2 at s=2, K=3).
     """
 
@@ -51,6 +61,10 @@ class A2U(Upsampler):
         self.norm_u = nn.GroupNorm(groups, Cy)
         self.norm_v = nn.GroupNorm(groups, Cy)
         self.proj = nn.Conv2d(Cy, s * s * self.kernel_size**2, 1)
+        gain = nn.init.calculate_gain("leaky_relu", 0.01)
+        for conv in (self.filter_u, self.filter_v, self.proj):
+            nn.init.xavier_normal_(conv.weight, gain=gain)
+            nn.init.zeros_(conv.bias)
 
     def extra_repr(self):
         return super().extra_repr() + (
@@ -75,6 +89,8 @@ class A2U(Upsampler):
         a = (u * v).sum(1, keepdim=True) / math.sqrt(y.shape[1])  # (B, 1, H, W)
         p = self.proj(F.adaptive_avg_pool2d(y, 1))  # (B, s^2 K^2, 1, 1)
         m = F.pixel_shuffle(a * p, self.scale_factor)
+        if self.kernel_size == 1:  # the official code: sigmoid only
+            return torch.sigmoid(m)
         return torch.softmax(torch.sigmoid(m), dim=1)
 
     def forward(self, x, y=None):

@@ -19,12 +19,24 @@ class FADE(Upsampler):
 
     kernel generation ("semi-shift" convolution with one shared 3x3 kernel bank W, b):
       m = Conv3x3_{W,b}(Conv1x1(y; C -> d)) + nearest_up(Conv3x3_{W,b}(Conv1x1'(x; C -> d)))
-      (the encoder branch has a bias, the decoder branch none; d = 64, K = 5, W: (K^2, d, 3, 3)),
-      kernels = softmax over K^2;
+      (the encoder compressor has a bias, the decoder compressor none; d = 64, K = 5,
+      W: (K^2, d, 3, 3)), kernels = softmax over K^2;
     output = g * y + (1 - g) * reassemble(x, kernels), g = sigmoid(nearest_up(Conv1x1(x; C -> 1))).
+
+    The bias b of the kernel bank enters BOTH branch convolutions, so the logits carry 2b:
+    this is what the official code (``poppinace/fade``, ``FADE_H2L.py``: ``SemiShift.forward``
+    passes ``conv2_bias`` to the stride-2 encoder convolution and to the decoder convolution)
+    computes, and it is followed here on purpose. Since softmax ignores a constant, only the
+    differences between the K^2 entries of b matter; they act, and train, twice as strongly as
+    with one b (the gradient of b is the sum of both branches').
+
     The official code computes the encoder branch as four stride-2 convolutions of shifted
     copies of y; that equals a padding-1 3x3 convolution of y at full resolution, used here.
-    Init as the official code: W xavier-normal, b = 0, gate xavier-uniform with zero bias.
+    Beyond the official code (which hard-codes x2 and square maps in its reshapes): any guide
+    size H' >= H, W' >= W, with window centres (floor(i H / H'), floor(j W / W')).
+    Init as the official release: compressors xavier-uniform with zero bias (mmcv
+    ``xavier_init(distribution="uniform")``), W xavier-normal, b = 0, gate xavier-uniform
+    with zero bias.
     Params: (C d + d) + C d + 9 d K^2 + K^2 + (C + 1) = 129 C + 14490 for d = 64, K = 5.
     """
 
@@ -43,6 +55,9 @@ class FADE(Upsampler):
         C, d, K = self.in_channels, self.embedding_dim, self.kernel_size
         self.compress_y = nn.Conv2d(C, d, 1)
         self.compress_x = nn.Conv2d(C, d, 1, bias=False)
+        for conv in (self.compress_y, self.compress_x):
+            nn.init.xavier_uniform_(conv.weight)
+        nn.init.zeros_(self.compress_y.bias)
         self.kernel_weight = nn.Parameter(torch.empty(K * K, d, 3, 3))
         self.kernel_bias = nn.Parameter(torch.zeros(K * K))
         nn.init.xavier_normal_(self.kernel_weight)
@@ -56,7 +71,7 @@ class FADE(Upsampler):
     def kernels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Normalised kernels (B, K^2, H', W') from x (B, C, H, W) and y (B, C, H', W')."""
         m_y = F.conv2d(self.compress_y(y), self.kernel_weight, self.kernel_bias, padding=1)
-        m_x = F.conv2d(self.compress_x(x), self.kernel_weight, None, padding=1)  # bias once, on y
+        m_x = F.conv2d(self.compress_x(x), self.kernel_weight, self.kernel_bias, padding=1)  # b again: 2b
         return torch.softmax(m_y + nearest_upsample_to(m_x, y.shape[-2:]), dim=1)
 
     def forward(self, x, y=None):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Tuple
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,6 +18,26 @@ __all__ = ["IndexNetHIN", "IndexNetM2O"]
 def _index_conv_geometry(s: int, use_context: bool) -> Tuple[int, int]:
     """(kernel, padding) of the stride-s index convolution: s (+2 with a one-pixel context)."""
     return (s + 2, 1) if use_context else (s, 0)
+
+
+def _official_init(module: nn.Module, branches: int = 1) -> None:
+    """Initialise as the official IndexNet code (``_initialize_weights`` of its networks).
+
+    Every convolution: weight ~ normal(0, sqrt(2 / n)), n = k_h * k_w * out_channels of the
+    official convolution; BatchNorm weight 1, bias 0. ``branches``: our convolutions stack
+    that many official ones along the output channels (M2O's s^2 branches), so n uses
+    out_channels / branches.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * (m.out_channels // branches)
+            with torch.no_grad():
+                m.weight.normal_(0.0, math.sqrt(2.0 / n))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class _IndexUpsampler(Upsampler):
@@ -41,6 +63,11 @@ class IndexNetHIN(_IndexUpsampler):
     output = index * nearest_up(x). ``use_context=False`` uses kernel s, pad 0;
     ``use_nonlinear=False`` a single Conv(C_y -> s^2). Params (defaults, s=2):
     16 * 2 C_y^2 + 2 * 2 C_y (BN) + 2 C_y * 4 = 32 C_y^2 + 12 C_y.
+    Init as the official code (``poppinace/indexnet_matting``): every convolution
+    normal(0, sqrt(2 / (k*k*out_channels))), BatchNorm 1 and 0. The official block is
+    hard-wired to x2 (4 output maps, kernel 4 or 2); other scale factors go beyond it.
+    Official state_dict keys ``indexnet.*`` map to ``index.*``
+    (:func:`sapa.upsamplers.load_official_state_dict`).
     """
 
     name = "indexnet-hin"
@@ -61,6 +88,7 @@ class IndexNetHIN(_IndexUpsampler):
             )
         else:
             self.index = nn.Conv2d(Cy, s * s, k, stride=s, padding=p, bias=False)
+        _official_init(self.index)
 
     def extra_repr(self):
         return super().extra_repr() + f", use_context={self.use_context}, use_nonlinear={self.use_nonlinear}"
@@ -80,6 +108,11 @@ class IndexNetM2O(_IndexUpsampler):
     and one grouped 1x1 conv); sigmoid; the s^2 branch outputs are pixel-shuffled into
     the per-channel decoder index; output = index * nearest_up(x).
     Params (defaults, s=2): 4 (16 C^2 + 2 C + C^2) = 68 C^2 + 8 C.
+    The official block (``DepthwiseM2OIndexBlock``) keeps the four branches as four modules
+    ``indexnet1..4``; stacking them along the output channels computes the same maps, and
+    :func:`sapa.upsamplers.load_official_state_dict` concatenates their weights. Init as the
+    official code: every branch convolution normal(0, sqrt(2 / (k*k*C))) (C = the official
+    branch's out_channels), BatchNorm 1 and 0. Other scale factors than 2 go beyond it.
     """
 
     name = "indexnet-m2o"
@@ -105,6 +138,7 @@ class IndexNetM2O(_IndexUpsampler):
             )
         else:
             self.index = nn.Conv2d(C, s * s * C, k, stride=s, padding=p, bias=False)
+        _official_init(self.index, branches=s * s)
 
     def extra_repr(self):
         return super().extra_repr() + f", use_context={self.use_context}, use_nonlinear={self.use_nonlinear}"
