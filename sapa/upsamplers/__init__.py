@@ -21,15 +21,17 @@ deconv         no      s*(H, W)       ConvTranspose2d(C, C, 2s - s%2, stride s, 
 pixelshuffle   no      s*(H, W)       Conv2d(C, s^2 C, 1) + PixelShuffle(s)
 carafe         no      s*(H, W)       Wang et al. 2019: 1x1 C->64, 3x3 64->s^2 K^2 (K=5),
                                       shuffle, softmax, reassembly
-dysample       no      s*(H, W)       Liu et al. 2023 ("lp", static scope): 1x1 offsets *0.25
-                                      + sub-pixel grid, grid_sample bilinear/border, 4 groups
+dysample       no      s*(H, W)       Liu et al. 2023 ("lp", static scope; ``dyscope=True`` for
+                                      DySample+): 1x1 offsets *0.25 + sub-pixel grid,
+                                      grid_sample bilinear/border, 4 groups
 indexnet-hin   yes     s*(H, W)       Lu et al. 2019, holistic nonlinear index block with
                                       context on y; index * nearest_up(x)
 indexnet-m2o   yes     s*(H, W)       depthwise many-to-one nonlinear index block with context
 a2u            yes     s*(H, W)       Dai et al. 2021, affinity-aware upsampling (K=3)
 fade           yes     any >= (H, W)  Lu et al. 2022: semi-shift kernels (K=5) + gate
 sapa-i/b/p/g   yes     any >= (H, W)  :class:`sapa.SAPA` (K=5, d=32)
-sapa-d         yes     any >= (H, W)  SAPA with dynamic selection (see :class:`SAPADynamic`)
+sapa-d         yes     any >= (H, W)  the extension's deformable SAPA: 9 learned points, 4 groups
+                                      (see :class:`SAPADynamic`)
 ============== ======= ============== ========================================================
 
 "s*(H, W)" designs are integer-scale: when a guide y is given its size must be exactly
@@ -37,7 +39,11 @@ sapa-d         yes     any >= (H, W)  SAPA with dynamic selection (see :class:`S
 DySample produce s^2 sub-pixel kernels/offsets per low-res pixel and pixel-shuffle them,
 so they have no natural output for other sizes). Guided designs ignore ``scale_factor`` when
 their output follows the guide ("any >= (H, W)"): output pixel (i, j) then has the window
-centre (floor(i*H/H'), floor(j*W/W')), as in :func:`sapa.sapa_upsample`.
+centre (floor(i*H/H'), floor(j*W/W')), as in :func:`sapa.sapa_upsample` (SAPA-D still uses
+``scale_factor`` for its s^2 sub-pixel offsets, which it resamples to the guide's size).
+
+:func:`load_official_state_dict` loads a checkpoint of the authors' own module of a design
+(CARAFE, IndexNet, A2U, FADE, DySample, SAPA-B/P/G, SAPA-D) into the module built here.
 
 Everything is pure PyTorch and runs on CPU and GPU.
 """
@@ -54,6 +60,7 @@ from .classic import Bilinear, Deconv, Nearest, PixelShuffleUp
 from .dysample import DySample
 from .fade import FADE
 from .indexnet import IndexNetHIN, IndexNetM2O
+from .official import convert_official_state_dict, load_official_state_dict, official_names
 from .sapa_variants import SAPADynamic, SAPAUpsampler
 
 __all__ = [
@@ -74,6 +81,9 @@ __all__ = [
     "SAPAUpsampler",
     "SAPADynamic",
     "GUIDED",
+    "load_official_state_dict",
+    "convert_official_state_dict",
+    "official_names",
 ]
 
 
