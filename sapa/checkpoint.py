@@ -216,8 +216,8 @@ def load_state_dict_file(path: PathLike, *, allow: Iterable = (),
     (``.pth``/``.pt``/``.bin``, loaded with ``weights_only=True``), e.g. an official checkpoint.
 
     A PyTorch file may hold the state dict itself or wrap it as ``{"state_dict": ...}``
-    (mmcv/mmseg checkpoints, which also carry ``meta`` and ``optimizer``) or ``{"model": ...}``;
-    the tensors of the first of these are returned, with their names unchanged.
+    (mmcv/mmseg checkpoints, which also carry ``meta`` and ``optimizer``), ``{"model": ...}`` or
+    ``{"module": ...}``; the tensors of the first of these are returned, names unchanged.
 
     Args:
         path: the file.
@@ -240,12 +240,12 @@ def load_state_dict_file(path: PathLike, *, allow: Iterable = (),
     if _tensor_dict(obj):
         return dict(obj)
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in ("state_dict", "model", "module"):
             if _tensor_dict(obj.get(key)):
                 return dict(obj[key])
         keys = sorted(map(str, obj))[:8]
         raise CheckpointError(f"{path}: holds a dict with keys {keys} but no state dict (a dict of "
-                              f"tensors, at the top or under 'state_dict' or 'model'); expected {expected}")
+                              f"tensors, at the top or under 'state_dict', 'model' or 'module'); expected {expected}")
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict; expected {expected}")
 
 

@@ -316,8 +316,9 @@ def test_load_state_dict_file_formats(tmp_path):
     torch.save({"meta": {"mmseg_version": "0.x", "CLASSES": ("a", "b"), "iter": 160000}, "state_dict": sd,
                 "optimizer": {"state": {}, "param_groups": []}}, tmp_path / "mmcv.pth")
     torch.save({"model": sd, "epoch": 3}, tmp_path / "wrapped.pt")
+    torch.save({"module": sd}, tmp_path / "module.bin")
     save_file(sd, tmp_path / "w.safetensors")
-    for name in ("plain.pth", "mmcv.pth", "wrapped.pt", "w.safetensors"):
+    for name in ("plain.pth", "mmcv.pth", "wrapped.pt", "module.bin", "w.safetensors"):
         got = load_state_dict_file(tmp_path / name)
         assert got.keys() == sd.keys(), name
         for k in sd:
