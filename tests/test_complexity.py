@@ -116,3 +116,19 @@ def test_count_flops_leaves_module_untouched():
     assert m.training and backend.sapa.backend == "auto"
     for k, v in m.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_sapa_d_counts_follow_the_official_design():
+    # q: 1x1 C_y -> G d at H'W'; k: 1x1 C -> G d at HW; offsets 1x1 C -> 2 G P s^2 at HW;
+    # then per output pixel and point: 4 bilinear reads of G d keys + C values, G d products, C products
+    C, Cy, H, W, G, d, P = 8, 12, 4, 5, 2, 3, 5
+    m = build_upsampler("sapa-d", C, Cy, groups=G, embedding_dim=d, points=P)
+    c = count_flops(m, torch.randn(1, C, H, W), torch.randn(1, Cy, 2 * H, 2 * W))
+    HWq = 4 * H * W
+    assert c["counter"] == HWq * Cy * G * d + H * W * C * G * d + H * W * C * 2 * G * P * 4
+    assert c["sampling"] == 4 * P * HWq * (G * d + C)
+    assert c["similarity"] == P * HWq * G * d and c["weighted_sum"] == P * HWq * C
+    assert c["norm"] == 0
+    n = count_flops(build_upsampler("sapa-d", C, Cy * 8 // 3, groups=G, norm=True), torch.randn(1, C, H, W),
+                    torch.randn(1, Cy * 8 // 3, 2 * H, 2 * W))["norm"]
+    assert n == 2 * (H * W * C + HWq * Cy * 8 // 3)  # GroupNorm on x and on y

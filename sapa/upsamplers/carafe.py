@@ -21,6 +21,10 @@ class CARAFE(Upsampler):
     neighbourhood of x around (i // s, j // s). Defaults c_m = 64, K = 5, encoder kernel 3.
     Init as mmcv: compressor xavier-uniform, encoder normal(std=0.001), zero biases.
     Params: C c_m + c_m + 9 c_m s^2 K^2 + s^2 K^2.
+    Equals mmcv's ``CARAFEPack`` (up_group=1) with the same weights; its keys
+    ``channel_compressor`` and ``content_encoder`` map to ``compressor`` and ``encoder``
+    (:func:`sapa.upsamplers.load_official_state_dict`). Beyond it: runs on any device (the mmcv
+    op is CUDA-only).
     """
 
     name = "carafe"
