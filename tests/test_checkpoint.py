@@ -82,6 +82,14 @@ def _fresh_run(tmp_path: Path, run: Path, content: bytes = None) -> Path:
     return out
 
 
+def _official_fade(path):
+    """The official-checkpoint loader of the baselines (sapa.upsamplers.load_official_state_dict)."""
+    from sapa import build_upsampler
+    from sapa.upsamplers import load_official_state_dict
+
+    return load_official_state_dict("fade", build_upsampler("fade", 8), path)
+
+
 def _refuse(*args, **kwargs):
     raise AssertionError("training started despite a bad checkpoint")
 
@@ -108,7 +116,7 @@ def test_every_load_path_refuses_a_pickle_that_runs_code(tmp_path, run, monkeypa
         pth = evil.with_suffix(".pth")  # an "official" checkpoint
         pth.write_bytes(evil.read_bytes())
         for load, path in [(load_torch_file, evil), (load_state_dict_file, evil), (load_state_dict_file, pth),
-                           (load_training_checkpoint, evil)]:
+                           (load_training_checkpoint, evil), (_official_fade, pth)]:
             with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*refused.*exec") as e:
                 load(path)
             assert "\n" not in str(e.value), load.__name__

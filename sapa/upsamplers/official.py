@@ -44,6 +44,8 @@ from typing import Callable, Dict, Mapping, Union
 import torch
 import torch.nn as nn
 
+from ..checkpoint import load_state_dict_file
+
 __all__ = ["load_official_state_dict", "official_names", "convert_official_state_dict"]
 
 StateDict = Dict[str, torch.Tensor]
@@ -127,23 +129,9 @@ def official_names():
 
 
 def _read(path: Union[str, os.PathLike]) -> Mapping:
-    """Read a checkpoint file without running code: safetensors, or torch.load(weights_only=True)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"state_dict: no such file {path!r}")
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(f"reading {path!r} needs the safetensors package (pip install safetensors)") from e
-        return load_file(path, device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError and friends: say why, do not retry unsafely
-        raise ValueError(
-            f"state_dict: could not read {path!r} with torch.load(weights_only=True) (files that need "
-            f"arbitrary code to unpickle are refused): {type(e).__name__}: {e}"
-        ) from e
+    """Read a checkpoint file without running code: :func:`sapa.checkpoint.load_state_dict_file`
+    (safetensors, or torch.load(weights_only=True)); a bad file raises one line naming it."""
+    return load_state_dict_file(path)
 
 
 def _unwrap(obj) -> Mapping:
