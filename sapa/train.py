@@ -30,10 +30,33 @@ with an error listing the differences. A last.pt that is damaged, not a checkpoi
 another model or of another checkpoint format version is refused with one line naming it,
 before any training starts.
 
-Schedule: AdamW, linear warm-up over the first 5 % of the steps (at least one), then cosine
-decay to 1 % of ``lr``. Seeds: ``seed`` seeds Python, NumPy and torch (model initialisation
-and the per-epoch shuffling); ``data_seed`` fixes the synthetic images, so different
-training seeds see the same data.
+Your own data: ``train(config, train_dataset=ds_train, val_dataset=ds_val)`` trains on any
+map-style Datasets returning ``(image (C, H, W) float, mask (H, W) int64)`` pairs; the class
+count comes from ``config["num_classes"]`` or the dataset's ``num_classes`` attribute, the
+ignored label from its ``ignore_index`` attribute (default none), and a ``set_epoch(epoch)``
+method, if the dataset has one, is called before every epoch. The first item of each set is
+checked (types, shapes, labels) before anything is built.
+
+Schedules (``schedule``):
+
+* ``"cosine"`` (default): AdamW, linear warm-up over the first 5 % of the steps (at least
+  one), then cosine decay to 1 % of ``lr`` at ``epochs``.
+* ``"plateau"``, **train to convergence**: after the same warm-up, a constant learning rate
+  that is multiplied by ``decay_factor`` (0.2) whenever the epoch's mean training loss has
+  not improved on the best so far by more than ``plateau_tol`` (1 %, relative) for
+  ``patience`` (3) consecutive epochs. The run has *converged*, and stops, at the
+  ``max_decays + 1``-th (3rd) such plateau: the loss no longer improves even at the
+  smallest learning rate. ``epochs`` is then only a cap; a run that reaches it unconverged
+  is reported with ``converged = False``. With fresh samples every epoch
+  (:class:`sapa.data.TexturedRegions`) the training loss is an unbiased estimate of the
+  expected loss, so no validation data is used to stop.
+
+Seeds and pairing: ``seed`` seeds Python, NumPy and torch (model initialisation) and the
+shuffling (the sampler's own generator, seeded by ``seed`` and the epoch), and ``data_seed``
+fixes the data (``TexturedRegions`` draws epoch ``e``'s samples from ``(data_seed, e)``). The
+data order therefore depends on ``seed`` only, not on the upsampler or the model: runs of
+different upsamplers with one seed see the same batches in the same order, so their results
+are paired (see :mod:`sapa.stats`).
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
 DistributedDataParallel (gloo on CPU, nccl on CUDA), ``batch_size`` is the *global* batch
@@ -63,12 +86,16 @@ import torch.nn.functional as F
 
 from .checkpoint import (CheckpointError, atomic_write, check_plain, describe_mismatch,
                          load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state)
+from . import data as data_module
 from .data import DATASETS, IGNORE_INDEX, make_dataset
 from .metrics import SegmentationMeter
-from .models import SKIP_FUSIONS, Segmenter, count_parameters
+from .models import HEADS, SKIP_FUSIONS, Segmenter, available_segmenter_upsamplers, count_parameters
 from .profiles import PROFILES, get_profile
 
-__all__ = ["TrainConfig", "PROFILE_DEFAULTS", "resolve_config", "train", "lr_at", "main"]
+__all__ = ["TrainConfig", "PROFILE_DEFAULTS", "SCHEDULES", "resolve_config", "train", "lr_at",
+           "plateau_state", "main"]
+
+SCHEDULES = ("cosine", "plateau")
 
 #: settings filled in from the profile when left as None
 PROFILE_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -109,8 +136,14 @@ class TrainConfig:
     width: Optional[int] = None
     decoder_width: Optional[int] = None
     stages: int = 4
-    skip_fusion: str = "concat"
+    head: str = "unet"  # "unet" or "segformer" (see sapa.models)
+    skip_fusion: Optional[str] = None  # None: "concat" for the U-Net arm, "none" for SegFormer
     upsampler_options: Dict[str, Any] = field(default_factory=dict)
+    schedule: str = "cosine"  # or "plateau": train to convergence (see the module docstring)
+    patience: int = 3
+    plateau_tol: float = 0.01
+    decay_factor: float = 0.2
+    max_decays: int = 2
     max_steps_per_epoch: Optional[int] = None  # cap (smoke tests)
     num_workers: int = 0
     device: str = "auto"
@@ -119,8 +152,14 @@ class TrainConfig:
     resume: bool = True
 
 
-def resolve_config(config) -> TrainConfig:
-    """A TrainConfig (or dict of its fields) with profile defaults filled in and checked."""
+def resolve_config(config, custom_data: bool = False) -> TrainConfig:
+    """A TrainConfig (or dict of its fields) with profile defaults filled in and checked.
+
+    Every mistake raises ValueError/TypeError naming the setting (and the CLI flag), before
+    anything is built: unknown upsampler, head, dataset or option of the upsampler
+    (``--upsampler-option``), a CUDA device without CUDA, non-positive sizes. With
+    ``custom_data=True`` (datasets passed to :func:`train`) ``dataset`` is "custom".
+    """
     if isinstance(config, TrainConfig):
         cfg = dataclasses.replace(config)
     elif isinstance(config, dict):
@@ -137,17 +176,41 @@ def resolve_config(config) -> TrainConfig:
     for key, value in PROFILE_DEFAULTS[cfg.profile].items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
-    from .upsamplers import available_upsamplers
-
-    names = tuple(available_upsamplers())
+    names = available_segmenter_upsamplers()
     if cfg.upsampler not in names:
         raise ValueError(f"unknown upsampler {cfg.upsampler!r} (--upsampler); available: {', '.join(names)}")
-    if cfg.dataset not in DATASETS:
+    if custom_data:
+        cfg.dataset = "custom"
+    elif cfg.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.dataset!r} (--dataset); expected one of {DATASETS}")
-    if cfg.dataset != "synthetic" and not cfg.data_root:
+    elif cfg.dataset not in ("synthetic", "textures") and not cfg.data_root:
         raise ValueError(f"--dataset {cfg.dataset} needs --data-root PATH")
+    if cfg.head not in HEADS:
+        raise ValueError(f"unknown head {cfg.head!r} (--head); expected one of {HEADS}")
+    if cfg.skip_fusion is None:
+        cfg.skip_fusion = "none" if cfg.head == "segformer" else "concat"
     if cfg.skip_fusion not in SKIP_FUSIONS:
         raise ValueError(f"unknown skip_fusion {cfg.skip_fusion!r}; expected one of {SKIP_FUSIONS}")
+    if cfg.head == "segformer" and cfg.skip_fusion != "none":
+        raise ValueError(f"--head segformer never fuses the guide: --skip-fusion must be 'none', "
+                         f"got {cfg.skip_fusion!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r} (--schedule); expected one of {SCHEDULES}")
+    if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 1:
+        raise ValueError(f"patience must be an int >= 1, got {cfg.patience!r}")
+    if isinstance(cfg.max_decays, bool) or not isinstance(cfg.max_decays, int) or cfg.max_decays < 0:
+        raise ValueError(f"max_decays must be an int >= 0, got {cfg.max_decays!r}")
+    if not (isinstance(cfg.plateau_tol, (int, float)) and 0 <= cfg.plateau_tol < 1):
+        raise ValueError(f"plateau_tol must lie in [0, 1), got {cfg.plateau_tol!r}")
+    if not (isinstance(cfg.decay_factor, (int, float)) and 0 < cfg.decay_factor < 1):
+        raise ValueError(f"decay_factor must lie in (0, 1), got {cfg.decay_factor!r}")
+    device = str(cfg.device)
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r} (--device); expected auto, cpu or cuda[:N]")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+                         f"{'no GPU visible' if torch.version.cuda else 'a CPU-only build'}); "
+                         f"use --device cpu or auto")
     for key in ("epochs", "batch_size", "size", "width", "decoder_width", "stages", "train_samples", "val_samples"):
         v = getattr(cfg, key)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -159,7 +222,33 @@ def resolve_config(config) -> TrainConfig:
     if not isinstance(cfg.upsampler_options, dict):
         raise TypeError(f"upsampler_options must be a dict, got {type(cfg.upsampler_options).__name__}")
     check_plain(cfg.upsampler_options, "upsampler_options")  # stored in checkpoints and JSON
+    try:  # an unknown or bad option fails here, in one line, not inside the model
+        Segmenter(2, cfg.upsampler, width=1, stages=2, decoder_width=cfg.decoder_width,
+                  upsampler_options=dict(cfg.upsampler_options))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--upsampler-option {cfg.upsampler_options} for {cfg.upsampler!r}: {e}") from None
     return cfg
+
+
+def plateau_state(losses, cfg: TrainConfig):
+    """The "plateau" schedule folded over the epochs' training losses so far.
+
+    Returns ``(lr_scale, decays, converged)``: the factor applied to ``lr`` for the next
+    epoch, the number of decays so far, and whether the run has converged (the
+    ``max_decays + 1``-th plateau of ``patience`` epochs without a relative improvement
+    greater than ``plateau_tol``). A pure function of the history, so resuming continues it.
+    """
+    best, since, decays = math.inf, 0, 0
+    for loss in losses:
+        if loss < best * (1 - cfg.plateau_tol):
+            best, since = loss, 0
+            continue
+        since += 1
+        if since >= cfg.patience:
+            if decays >= cfg.max_decays:
+                return cfg.decay_factor ** decays, decays, True
+            decays, since = decays + 1, 0
+    return cfg.decay_factor ** decays, decays, False
 
 
 def lr_at(step: int, total_steps: int, base_lr: float, warmup_fraction: float = 0.05,
@@ -249,14 +338,56 @@ class _Dist:
 
 def _check_resume(saved: dict, cfg: TrainConfig) -> None:
     now = dataclasses.asdict(cfg)
-    diff = {k: (saved.get(k), now[k]) for k in now
-            if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]}
+    defaults = dataclasses.asdict(TrainConfig())  # keys older checkpoints lack: their default
+    defaults["skip_fusion"] = "concat" if saved.get("head", "unet") == "unet" else "none"
+    diff = {k: (saved.get(k, defaults[k]), now[k]) for k in now
+            if k not in _RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]}
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ValueError(
             f"cannot resume from {cfg.out}/last.pt: the run settings changed ({lines}); "
             f"use the original settings, another --out, or --no-resume to start over"
         )
+
+
+def _check_dataset(ds, name: str, num_classes: Optional[int], ignore_index) -> int:
+    """Check a user's dataset on its first item; returns the image channel count."""
+    if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__"):
+        raise TypeError(f"{name} must be a map-style Dataset (with __getitem__ and __len__), got {type(ds).__name__}")
+    if len(ds) == 0:
+        raise ValueError(f"{name} is empty")
+    item = ds[0]
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, torch.Tensor) for t in item)):
+        raise TypeError(f"{name}[0] must be an (image, mask) pair of tensors, got {type(item).__name__}")
+    img, mask = item
+    if img.dim() != 3 or not img.dtype.is_floating_point:
+        raise ValueError(f"{name}[0] image must be a float (C, H, W) tensor, got {img.dtype} {tuple(img.shape)}")
+    if mask.dim() != 2 or mask.dtype.is_floating_point or mask.dtype == torch.bool or mask.shape != img.shape[1:]:
+        raise ValueError(f"{name}[0] mask must be an integer (H, W) tensor matching the image {tuple(img.shape)}, "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+    if num_classes is not None:
+        m = mask[mask != ignore_index] if ignore_index is not None else mask
+        if m.numel() and (int(m.min()) < 0 or int(m.max()) >= num_classes):
+            raise ValueError(f"{name}[0] mask has labels in [{int(m.min())}, {int(m.max())}], outside "
+                             f"[0, num_classes={num_classes})"
+                             + (f" (ignore_index {ignore_index})" if ignore_index is not None else ""))
+    return int(img.shape[0])
+
+
+def _check_folder_labels(ds, num_classes: int, split: str) -> None:
+    """Read every mask of a folder dataset; ValueError naming the first with a label >= num_classes."""
+    from torch.utils.data import Subset
+
+    base = ds.dataset if isinstance(ds, Subset) else ds
+    idx = list(ds.indices) if isinstance(ds, Subset) else range(len(base))
+    for i in idx:
+        mp = base.pairs[i][1]
+        m = data_module._mask_array(mp)
+        bad = (m != IGNORE_INDEX) & ((m < 0) | (m >= num_classes))
+        if bad.any():
+            raise ValueError(
+                f"mask {mp} ({split} split) has labels {sorted(set(m[bad].tolist()))[:5]} outside "
+                f"[0, {num_classes}) (--num-classes {num_classes}; {IGNORE_INDEX} = ignore)")
 
 
 def _evaluate(model: nn.Module, loader, num_classes: int, ignore_index, device, dist: _Dist) -> dict:
@@ -275,7 +406,8 @@ def _evaluate(model: nn.Module, loader, num_classes: int, ignore_index, device, 
 # --------------------------------------------------------------------------------------
 # the training loop
 # --------------------------------------------------------------------------------------
-def _run_epoch(model, loader, optimizer, step0, total_steps, cfg, dist, epoch, max_steps):
+def _run_epoch(model, loader, optimizer, step0, total_steps, cfg, dist, epoch, max_steps, lr_scale=1.0,
+               ignore_index=None, steps_per_epoch=1):
     """One epoch of training; returns (mean loss over processes, steps done, mean step seconds, lr)."""
     from tqdm.auto import tqdm
 
@@ -287,12 +419,16 @@ def _run_epoch(model, loader, optimizer, step0, total_steps, cfg, dist, epoch, m
         if n >= max_steps:
             break
         t0 = time.perf_counter()
-        lr = lr_at(step0 + n, total_steps, cfg.lr, cfg.warmup_fraction)
+        if cfg.schedule == "plateau":  # warm-up over the first epoch's first steps, then constant
+            warm = max(1, int(round(cfg.warmup_fraction * steps_per_epoch)))
+            lr = cfg.lr * lr_scale * min(1.0, (step0 + n + 1) / warm)
+        else:
+            lr = lr_at(step0 + n, total_steps, cfg.lr, cfg.warmup_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
         img, mask = img.to(dist.device, non_blocking=True), mask.to(dist.device, non_blocking=True)
         logits = model(img)
-        loss = F.cross_entropy(logits, mask, ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(logits, mask, ignore_index=IGNORE_INDEX if ignore_index is None else ignore_index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -305,29 +441,36 @@ def _run_epoch(model, loader, optimizer, step0, total_steps, cfg, dist, epoch, m
     return dist.mean(total_loss / max(n, 1)), n, step_time / max(n, 1), lr
 
 
-def train(config) -> Dict[str, Any]:
+def train(config, train_dataset=None, val_dataset=None) -> Dict[str, Any]:
     """Train one Segmenter; resumable; DDP-aware. See the module docstring.
 
     Args:
         config: a :class:`TrainConfig` or a dict of its fields.
+        train_dataset, val_dataset: your own map-style Datasets of (image (C, H, W) float,
+            mask (H, W) int64) pairs, both or neither (then ``config["dataset"]`` is used;
+            with them it is recorded as "custom"). The class count is
+            ``config["num_classes"]`` or ``train_dataset.num_classes``.
 
     Returns:
         dict with ``config`` (resolved, as a dict), ``params``, ``upsampler_params``,
         ``world_size``, ``epochs`` (one record per finished epoch), ``final`` (the last
         record, or {} if no epoch ran), ``class_names`` (the content of metrics.json), plus
-        ``model``: the trained (unwrapped) Segmenter.
+        ``model``: the trained (unwrapped) Segmenter. ``converged`` is True/False under the
+        "plateau" schedule (see :func:`plateau_state`) and None under "cosine".
     """
-    cfg = resolve_config(config)
+    if (train_dataset is None) != (val_dataset is None):
+        raise ValueError("pass both train_dataset and val_dataset, or neither")
+    cfg = resolve_config(config, custom_data=train_dataset is not None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist = _Dist(cfg.device)
     try:
-        return _train(cfg, dist)
+        return _train(cfg, dist, train_dataset, val_dataset)
     finally:
         dist.close()
 
 
-def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
+def _train(cfg: TrainConfig, dist: _Dist, user_train=None, user_val=None) -> Dict[str, Any]:
     from torch.utils.data import DataLoader, Subset
     from torch.utils.data.distributed import DistributedSampler
 
@@ -349,15 +492,30 @@ def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
     _seed_everything(cfg.seed)
 
     # data ----------------------------------------------------------------------------
-    common = dict(root=cfg.data_root, size=cfg.size, seed=cfg.data_seed, download=cfg.download,
-                  num_classes=cfg.num_classes)
-    if cfg.download and dist.enabled and dist.rank != 0:
-        dist.barrier()  # rank 0 downloads first
-    train_ds = make_dataset(cfg.dataset, split="train", num_samples=cfg.train_samples, **common)
-    if cfg.download and dist.enabled and dist.rank == 0:
-        dist.barrier()
-    val_ds = make_dataset(cfg.dataset, split="val", num_samples=cfg.val_samples, **common)
-    num_classes, ignore_index = train_ds.num_classes, train_ds.ignore_index
+    in_channels = 3
+    if user_train is not None:
+        train_ds, val_ds = user_train, user_val
+        num_classes = cfg.num_classes or getattr(train_ds, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("the class count is unknown: pass num_classes in the config or give "
+                             "train_dataset a num_classes attribute")
+        ignore_index = getattr(train_ds, "ignore_index", None)
+        in_channels = _check_dataset(train_ds, "train_dataset", num_classes, ignore_index)
+        if _check_dataset(val_ds, "val_dataset", num_classes, ignore_index) != in_channels:
+            raise ValueError("train_dataset and val_dataset images have different channel counts")
+    else:
+        common = dict(root=cfg.data_root, size=cfg.size, seed=cfg.data_seed, download=cfg.download,
+                      num_classes=cfg.num_classes)
+        if cfg.download and dist.enabled and dist.rank != 0:
+            dist.barrier()  # rank 0 downloads first
+        train_ds = make_dataset(cfg.dataset, split="train", num_samples=cfg.train_samples, **common)
+        if cfg.download and dist.enabled and dist.rank == 0:
+            dist.barrier()
+        val_ds = make_dataset(cfg.dataset, split="val", num_samples=cfg.val_samples, **common)
+        num_classes, ignore_index = train_ds.num_classes, train_ds.ignore_index
+        if cfg.dataset == "folder":  # every label checked before training, naming the file
+            _check_folder_labels(train_ds, num_classes, "train")
+            _check_folder_labels(val_ds, num_classes, "val")
     per_rank_batch = cfg.batch_size // dist.world
     sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
@@ -376,8 +534,9 @@ def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
     total_steps = steps_per_epoch * cfg.epochs
 
     # model -----------------------------------------------------------------------------
-    model = Segmenter(num_classes, cfg.upsampler, width=cfg.width, stages=cfg.stages,
-                      decoder_width=cfg.decoder_width, upsampler_options=cfg.upsampler_options, skip_fusion=cfg.skip_fusion).to(dist.device)
+    model = Segmenter(num_classes, cfg.upsampler, width=cfg.width, stages=cfg.stages, in_channels=in_channels,
+                      decoder_width=cfg.decoder_width, upsampler_options=cfg.upsampler_options,
+                      skip_fusion=cfg.skip_fusion, head=cfg.head).to(dist.device)
     params = count_parameters(model)
     up_params = sum(count_parameters(u) for u in model.upsamplers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -412,14 +571,23 @@ def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
             "class_names": list(train_ds.class_names) if getattr(train_ds, "class_names", None) else None,
             "epochs": history,
             "final": dict(history[-1]) if history else {},
+            "converged": (plateau_state([r["train_loss"] for r in history], cfg)[2]
+                          if cfg.schedule == "plateau" else None),
         }
 
     for epoch in range(start_epoch, cfg.epochs):
+        lr_scale = 1.0
+        if cfg.schedule == "plateau":
+            lr_scale, _, converged = plateau_state([r["train_loss"] for r in history], cfg)
+            if converged:
+                break
         t_epoch = time.perf_counter()
         sampler.set_epoch(epoch)
+        if hasattr(train_ds, "set_epoch"):
+            train_ds.set_epoch(epoch)  # fresh samples (TexturedRegions), the same for every upsampler
         loss, steps, sec_per_it, lr = _run_epoch(
             train_model, train_loader, optimizer, epoch * steps_per_epoch, total_steps, cfg, dist,
-            epoch + 1, steps_per_epoch)
+            epoch + 1, steps_per_epoch, lr_scale, ignore_index, steps_per_epoch)
         dist.sync_buffers(model)
         val = _evaluate(model, val_loader, num_classes, ignore_index, dist.device, dist)
         record = {
@@ -430,6 +598,11 @@ def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
             "val_pixel_acc": val["pixel_acc"],
             "val_iou_per_class": val["iou_per_class"],
             "val_boundary_iou_per_class": val["boundary_iou_per_class"],
+            "val_fg_boundary_iou": val["fg_boundary_iou"],
+            "val_error_rate": val["error_rate"],
+            "val_loc_error_rate": val["loc_error_rate"],
+            "val_rec_error_rate": val["rec_error_rate"],
+            "val_loc_error_share": val["loc_error_share"],
             "time_per_iter_ms": 1000 * sec_per_it,
             "steps": steps,
             "lr": lr,
@@ -454,7 +627,7 @@ def _train(cfg: TrainConfig, dist: _Dist) -> Dict[str, Any]:
         dist.barrier()
 
     result = summary()
-    if out is not None and dist.rank == 0 and start_epoch >= cfg.epochs:
+    if out is not None and dist.rank == 0 and len(history) == start_epoch:
         _write_json(out / "metrics.json", result)  # nothing left to train: refresh the file
     result["model"] = model
     return result
@@ -484,7 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILES, default=None, help="default: $SAPA_PROFILE or quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<upsampler>-s<seed>)")
-    p.add_argument("--dataset", choices=DATASETS, default="synthetic")
+    p.add_argument("--dataset", choices=DATASETS, default="synthetic",
+                   help="synthetic (default), textures (the boundary-dominated task), folder, oxford-pets")
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true", help="oxford-pets: fetch it with torchvision if missing")
     p.add_argument("--data-seed", type=int, default=0)
@@ -497,7 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int)
     p.add_argument("--decoder-width", type=int)
     p.add_argument("--stages", type=int, default=4)
-    p.add_argument("--skip-fusion", choices=SKIP_FUSIONS, default="concat")
+    p.add_argument("--head", choices=HEADS, default="unet", help="decoder arm (see sapa.models)")
+    p.add_argument("--skip-fusion", choices=SKIP_FUSIONS, default=None,
+                   help="U-Net arm: concat (default), add or none; the segformer arm: none")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                   help="cosine over --epochs, or plateau: train to convergence (--epochs is a cap)")
+    p.add_argument("--patience", type=int, default=3, help="plateau: epochs without improvement")
+    p.add_argument("--plateau-tol", type=float, default=0.01, help="plateau: relative improvement that counts")
+    p.add_argument("--max-decays", type=int, default=2, help="plateau: lr decays before the stop")
     p.add_argument("--upsampler-option", action="append", type=_parse_option, default=[],
                    metavar="KEY=VALUE", help="extra build_upsampler option, repeatable")
     p.add_argument("--train-samples", type=int)
@@ -516,9 +697,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_upsamplers:
-        from .upsamplers import available_upsamplers
-
-        print("\n".join(available_upsamplers()))
+        print("\n".join(available_segmenter_upsamplers()))
         return 0
     if not args.upsampler:
         parser.error("--upsampler is required (see --list-upsamplers)")
@@ -530,7 +709,8 @@ def main(argv=None) -> int:
         train_samples=args.train_samples, val_samples=args.val_samples, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, width=args.width,
         decoder_width=args.decoder_width,
-        stages=args.stages, skip_fusion=args.skip_fusion,
+        stages=args.stages, skip_fusion=args.skip_fusion, head=args.head, schedule=args.schedule,
+        patience=args.patience, plateau_tol=args.plateau_tol, max_decays=args.max_decays,
         upsampler_options=dict(args.upsampler_option), max_steps_per_epoch=args.max_steps_per_epoch,
         num_workers=args.num_workers, device=args.device, threads=args.threads,
         progress=args.progress, resume=args.resume,
@@ -547,7 +727,8 @@ def main(argv=None) -> int:
         final = result["final"]
         print(json.dumps(_json_safe({k: final.get(k) for k in
                                      ("epoch", "val_miou", "val_boundary_iou", "val_pixel_acc",
-                                      "time_per_iter_ms")} | {"out": out, "params": result["params"]})))
+                                      "time_per_iter_ms")} | {"out": out, "params": result["params"],
+                                                              "converged": result["converged"]})))
     return 0
 
 
