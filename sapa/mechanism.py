@@ -255,7 +255,10 @@ def read_rows(path) -> List[Dict]:
         return []
     rows = []
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        if reader.fieldnames is not None and list(reader.fieldnames) != CSV_COLUMNS:
+            raise ValueError(f"{path} has columns {reader.fieldnames}, not {CSV_COLUMNS}: use another --out")
+        for r in reader:
             for k in ("sigma", "region_error", "boundary_acc", "interior_acc", "train_loss", "fit_seconds"):
                 r[k] = float(r[k])
             for k in ("seed", "steps", "params"):
@@ -287,9 +290,7 @@ def run(cfg: MechanismConfig, out_csv, progress: bool = True) -> List[Dict]:
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     cid = _config_id(cfg)
-    existing = read_rows(out_csv)
-    if existing and list(existing[0].keys()) != CSV_COLUMNS:
-        raise ValueError(f"{out_csv} has columns {list(existing[0])}, not {CSV_COLUMNS}: use another --out")
+    existing = read_rows(out_csv)  # raises if the file is not a mechanism CSV
     done = {(r["upsampler"], r["sigma"], r["seed"]) for r in existing if r["config_id"] == cid}
     todo = [(u, float(s), int(sd)) for sd in cfg.seeds for s in cfg.sigmas for u in cfg.upsamplers
             if (u, float(s), int(sd)) not in done]
