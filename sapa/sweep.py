@@ -1,24 +1,46 @@
 """Sweeps of training runs: every upsampler, and the ablations of the paper's Table 6.
 
-Command line (the commands that produced ``book/results/*.csv`` are printed in the chapters)::
+Command line (``--print-commands`` prints the exact commands of the stored results)::
 
-    python -m sapa.sweep --grid segmentation --seeds 0 1 2 --out book/results/segmentation.csv
-    python -m sapa.sweep --grid ablations    --seeds 0 1 2 --out book/results/ablations.csv
+    python -m sapa.sweep --grid main   --seeds 0 1 2 3 4 --out book/results/main.csv  <task flags>
+    python -m sapa.sweep --grid table6 --seeds 0 1 2 3 4 --out book/results/table6.csv <task flags>
+    python -m sapa.sweep --grid main --estimate <task flags>     # time a few steps, predict the wall time
+
+Grids: ``segmentation`` (the 15 upsamplers of the package), ``main`` (those plus the
+parameter-matched ``bilinear+conv`` control), ``ablations`` (Table 6: normalisation h,
+kernel size K, embedding dim d, similarity) and ``table6`` (the same plus the padding,
+zeros / ignore). The task flags (``--dataset``, ``--head``, ``--stages``, ``--decoder-width``,
+``--schedule``, ...) are :class:`sapa.train.TrainConfig` fields applied to every run.
 
 Each run is one :func:`sapa.train.train` call in a worker process (``--workers`` of them, one
-thread each), with its checkpoint in ``--runs DIR/<run name>``, so an interrupted sweep
-resumes where it stopped and finished runs are not trained again. The CSV gets one row per
-(configuration, seed): ``group, setting, upsampler, options, seed, miou, boundary_iou,
-pixel_acc, params, upsampler_params, macs, upsampler_macs, flops, time_per_iter_ms, ...``.
-``params`` and ``flops`` (= 2 MACs) are those of the whole segmenter for one image,
-``upsampler_*`` those of its upsampling steps alone (counted by :mod:`sapa.complexity`).
+thread each) with its checkpoint in ``--runs DIR/<run>``; the run's name holds the upsampler,
+its options, the seed and a hash of every setting that defines it (``config_id``), so runs
+with other settings never share a folder. Results are **appended** to the CSV as each run
+finishes (flushed to disk), and a rerun skips every (group, setting, run) row already there:
+an interrupted sweep resumes, and a sweep rerun with a changed setting adds rows (with
+another ``config_id``) and never overwrites or loses the rows already in the file. A CSV
+with other columns is refused (``use another --out``). Data order: a seed fixes the order of
+the batches whatever the upsampler, so the runs of one seed are paired (:mod:`sapa.stats`).
+
+Columns (:data:`CSV_COLUMNS`): the setting (``group, setting, upsampler, options, seed``),
+the validation scores (``miou, boundary_iou, fg_boundary_iou, pixel_acc, error_rate,
+loc_error_rate, rec_error_rate, loc_error_share``, see :mod:`sapa.metrics`), the costs
+(``params, upsampler_params, macs, upsampler_macs, flops`` of the whole segmenter or its
+upsamplers for one image, ``time_per_iter_ms``), the training (``train_loss, epochs``
+trained, ``converged``: True/False under the plateau schedule, empty under cosine), the task
+(``dataset, head, size, train_samples``) and the bookkeeping (``run, config_id, config`` =
+the JSON of the defining settings). Every invocation of the CLI appends its command, wall
+time, date and machine to ``invocations`` in the JSON beside the CSV; ``seconds`` there is
+their sum.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
+import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,15 +49,19 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
-__all__ = ["SEGMENTATION_UPSAMPLERS", "grid", "segmenter_cost", "run_sweep", "read_csv", "summarize", "main"]
+__all__ = ["SEGMENTATION_UPSAMPLERS", "MAIN_UPSAMPLERS", "GRIDS", "STORED", "grid", "segmenter_cost",
+           "run_sweep", "estimate", "read_csv", "summarize", "stored_command", "main", "CSV_COLUMNS"]
 
 #: upsamplers of the segmentation comparison, in the order the chapter shows them
 SEGMENTATION_UPSAMPLERS = (
     "nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "indexnet-hin", "indexnet-m2o", "a2u",
     "fade", "dysample", "sapa-i", "sapa-b", "sapa-p", "sapa-g", "sapa-d",
 )
+#: the main comparison: those and the parameter-matched control (bilinear + a conv with CARAFE's
+#: parameter count, see :class:`sapa.models.BilinearConv`)
+MAIN_UPSAMPLERS = SEGMENTATION_UPSAMPLERS + ("bilinear+conv",)
 
-#: Table 6 of the paper, on the toy task: (group, setting label, upsampler, options)
+#: Table 6 of the paper: (group, setting label, upsampler, options)
 ABLATIONS = (
     [("normalization", h, "sapa-b", {"normalization": n}) for h, n in
      [("none", "none"), ("exp", "softmax"), ("relu", "relu"), ("sigmoid", "sigmoid"), ("softplus", "softplus")]]
@@ -43,23 +69,61 @@ ABLATIONS = (
     + [("embedding dim", str(d), "sapa-b", {"embedding_dim": d}) for d in (16, 32, 64, 128)]
     + [("similarity", v, f"sapa-{v.lower()}", {}) for v in ("I", "B", "P", "G")]
 )
+PADDING = [("padding", p, "sapa-b", {"padding": p}) for p in ("zeros", "ignore")]
+GRIDS = ("segmentation", "main", "ablations", "table6")
 
-#: the defaults of SAPA-B (K=5, d=32, softmax): ablation rows with these are one run
-_SAPA_B_DEFAULTS = {"normalization": "softmax", "kernel_size": 5, "embedding_dim": 32}
+#: the defaults of SAPA-B (K=5, d=32, softmax, zero padding): ablation rows with these are one run
+_SAPA_B_DEFAULTS = {"normalization": "softmax", "kernel_size": 5, "embedding_dim": 32, "padding": "zeros"}
 
-CSV_COLUMNS = ["group", "setting", "upsampler", "options", "seed", "miou", "boundary_iou", "pixel_acc",
+CSV_COLUMNS = ["group", "setting", "upsampler", "options", "seed", "miou", "boundary_iou", "fg_boundary_iou",
+               "pixel_acc", "error_rate", "loc_error_rate", "rec_error_rate", "loc_error_share",
                "params", "upsampler_params", "macs", "upsampler_macs", "flops", "time_per_iter_ms",
-               "train_loss", "epochs", "size", "train_samples", "run"]
+               "train_loss", "epochs", "converged", "dataset", "head", "size", "train_samples",
+               "run", "config_id", "config"]
+
+#: settings that do not change a run's numbers (left out of its config_id)
+_NOT_DEFINING = ("out", "progress", "threads", "num_workers", "device", "resume", "download", "epochs", "profile")
+
+#: the task of the stored results (book/results/main.csv, table6.csv): the boundary-dominated
+#: procedural task, the SegFormer-like head, trained to convergence (plateau schedule)
+STORED_TASK = dict(dataset="textures", head="segformer", size=64, stages=3, width=8, decoder_width=16,
+                   batch_size=8, lr=2e-3, train_samples=512, val_samples=1000, epochs=40,
+                   schedule="plateau", patience=2, max_decays=1, eval_every=0)
+STORED_SEEDS = (0, 1, 2, 3, 4)
+#: the stored results and the argv of the command that writes each
+STORED = {
+    "main": ["--grid", "main", "--out", "book/results/main.csv"],
+    "table6": ["--grid", "table6", "--out", "book/results/table6.csv"],
+}
+
+
+def _task_flags(task: Dict) -> List[str]:
+    out = []
+    for k, v in task.items():
+        out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def stored_command(name: str) -> str:
+    """The one command that regenerates the stored result ``name`` ("main", "table6", "mechanism")."""
+    if name == "mechanism":
+        return "python -m sapa.mechanism --out book/results/mechanism.csv"
+    if name not in STORED:
+        raise ValueError(f"unknown stored result {name!r}; expected one of {sorted(STORED) + ['mechanism']}")
+    argv = STORED[name] + ["--seeds", *map(str, STORED_SEEDS), "--runs", "runs/sweep", "--workers", "2"]
+    return "python -m sapa.sweep " + " ".join(argv + _task_flags(STORED_TASK))
 
 
 def grid(name: str, upsamplers: Optional[Iterable[str]] = None) -> List[Dict]:
     """Configurations of a sweep: list of dicts with group, setting, upsampler, options."""
-    if name == "segmentation":
-        names = list(upsamplers) if upsamplers else list(SEGMENTATION_UPSAMPLERS)
+    if name in ("segmentation", "main"):
+        default = SEGMENTATION_UPSAMPLERS if name == "segmentation" else MAIN_UPSAMPLERS
+        names = list(upsamplers) if upsamplers else list(default)
         return [dict(group="upsampler", setting=n, upsampler=n, options={}) for n in names]
-    if name == "ablations":
-        return [dict(group=g, setting=s, upsampler=u, options=o) for g, s, u, o in ABLATIONS]
-    raise ValueError(f"unknown grid {name!r}; expected 'segmentation' or 'ablations'")
+    if name in ("ablations", "table6"):
+        rows = ABLATIONS + (PADDING if name == "table6" else [])
+        return [dict(group=g, setting=s, upsampler=u, options=o) for g, s, u, o in rows]
+    raise ValueError(f"unknown grid {name!r}; expected one of {GRIDS}")
 
 
 def _canonical_options(upsampler: str, options: Dict) -> Dict:
@@ -71,6 +135,16 @@ def _canonical_options(upsampler: str, options: Dict) -> Dict:
 def _run_name(upsampler: str, options: Dict, seed: int) -> str:
     tag = "".join(f"_{k}-{v}" for k, v in _canonical_options(upsampler, options).items())
     return f"{upsampler}{tag}_s{seed}"
+
+
+def _config_id(train_cfg: Dict):
+    """Hash of the resolved settings that define a run's numbers (not its folder, threads, ...)."""
+    from .train import resolve_config
+    import dataclasses
+
+    resolved = dataclasses.asdict(resolve_config(train_cfg))
+    defining = {k: v for k, v in sorted(resolved.items()) if k not in _NOT_DEFINING}
+    return hashlib.sha1(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:8], defining
 
 
 @torch.no_grad()
@@ -106,7 +180,6 @@ def segmenter_cost(model, size: int) -> Dict[str, int]:
 
 def _one_run(job: Dict) -> Dict:
     """Worker: train one configuration (resumable) and return its CSV row."""
-    from .models import Segmenter
     from .train import resolve_config, train
 
     torch.set_num_threads(job.get("threads", 1))
@@ -116,41 +189,85 @@ def _one_run(job: Dict) -> Dict:
     final = result["final"]
     resolved = resolve_config(cfg)
     cost = segmenter_cost(model, resolved.size)
-    its = [e["time_per_iter_ms"] for e in result["epochs"]]
+    its = sorted(e["time_per_iter_ms"] for e in result["epochs"])
     return dict(
         group=job["group"], setting=job["setting"], upsampler=cfg["upsampler"],
         options=json.dumps(cfg.get("upsampler_options", {}), sort_keys=True), seed=cfg["seed"],
-        miou=final["val_miou"], boundary_iou=final["val_boundary_iou"], pixel_acc=final["val_pixel_acc"],
+        miou=final["val_miou"], boundary_iou=final["val_boundary_iou"],
+        fg_boundary_iou=final.get("val_fg_boundary_iou"), pixel_acc=final["val_pixel_acc"],
+        error_rate=final.get("val_error_rate"), loc_error_rate=final.get("val_loc_error_rate"),
+        rec_error_rate=final.get("val_rec_error_rate"), loc_error_share=final.get("val_loc_error_share"),
         params=cost["params"], upsampler_params=cost["upsampler_params"], macs=cost["macs"],
         upsampler_macs=cost["upsampler_macs"], flops=2 * cost["macs"],
-        time_per_iter_ms=sorted(its)[len(its) // 2] if its else float("nan"), train_loss=final["train_loss"],
-        epochs=resolved.epochs, size=resolved.size, train_samples=resolved.train_samples, run=job["name"],
+        time_per_iter_ms=its[len(its) // 2] if its else float("nan"), train_loss=final["train_loss"],
+        epochs=len(result["epochs"]), converged="" if result.get("converged") is None else result["converged"],
+        dataset=resolved.dataset, head=resolved.head, size=resolved.size, train_samples=resolved.train_samples,
+        run=job["name"], config_id=job["config_id"], config=json.dumps(job["defining"], sort_keys=True, default=str),
     )
+
+
+def _check_header(path: Path) -> bool:
+    """True if ``path`` exists with our header; False if absent/empty; ValueError if foreign."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    if header != CSV_COLUMNS:
+        raise ValueError(f"{path} has other columns ({len(header)}: {', '.join(header[:6])}, ...) than this "
+                         f"version of the sweep writes: use another --out (the file is left as it is)")
+    return True
+
+
+def _append_row(path: Path, row: Dict) -> None:
+    has_header = _check_header(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        if not has_header:
+            w.writeheader()
+        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _jobs(grid_name, seeds, runs_dir, overrides, upsamplers):
+    jobs = []
+    for conf in grid(grid_name, upsamplers):
+        for seed in seeds:
+            options = _canonical_options(conf["upsampler"], dict(overrides.get("upsampler_options", {}),
+                                                                 **conf["options"]))
+            train_cfg = dict(overrides, upsampler=conf["upsampler"], seed=seed, upsampler_options=options,
+                             progress=False, threads=1)
+            cid, defining = _config_id(train_cfg)
+            name = f"{_run_name(conf['upsampler'], options, seed)}_{cid}"
+            train_cfg["out"] = str(Path(runs_dir) / name)
+            jobs.append(dict(group=conf["group"], setting=conf["setting"], name=name, train=train_cfg,
+                             config_id=cid, defining=defining))
+    return jobs
 
 
 def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str = "runs", workers: int = 2,
               train_overrides: Optional[Dict] = None, upsamplers: Optional[Iterable[str]] = None,
               progress: bool = True) -> List[Dict]:
-    """Train every (configuration, seed) of a grid and write the CSV; returns its rows.
+    """Train every (configuration, seed) of a grid not yet in ``out_csv``; returns the grid's rows.
 
     ``train_overrides`` are :class:`sapa.train.TrainConfig` fields applied to every run (e.g.
-    ``{"epochs": 6, "size": 64}``). Runs with equal settings are trained once and reported
-    under each row that asks for them.
+    ``{"dataset": "textures", "head": "segformer"}``). Finished rows (same group, setting and
+    run, the run's name including its ``config_id``) are skipped; new rows are appended as
+    their runs finish. Runs with equal settings (e.g. SAPA-B's defaults in four ablation
+    groups) are trained once and reported under each row that asks for them. Returns the
+    rows of this grid and these settings, in grid order (read back from the CSV).
     """
     seeds = list(seeds)
-    overrides = dict(train_overrides or {})
-    jobs, by_name = [], {}
-    for conf in grid(grid_name, upsamplers):
-        for seed in seeds:
-            name = _run_name(conf["upsampler"], conf["options"], seed)
-            options = _canonical_options(conf["upsampler"], conf["options"])
-            train_cfg = dict(overrides, upsampler=conf["upsampler"], seed=seed, upsampler_options=options,
-                             out=str(Path(runs_dir) / name), progress=False, threads=1)
-            job = dict(group=conf["group"], setting=conf["setting"], name=name, train=train_cfg)
-            jobs.append(job)
-            by_name.setdefault(name, job)
-    unique = list(by_name.values())
-    results: Dict[str, Dict] = {}
+    out_path = Path(out_csv)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_header(out_path)  # a foreign CSV is refused before anything is trained
+    jobs = _jobs(grid_name, seeds, runs_dir, dict(train_overrides or {}), upsamplers)
+    done = {(r["group"], r["setting"], r["run"]) for r in read_csv(out_path)} if out_path.exists() else set()
+    todo = [j for j in jobs if (j["group"], j["setting"], j["name"]) not in done]
+    by_name: Dict[str, List[Dict]] = {}
+    for job in todo:
+        by_name.setdefault(job["name"], []).append(job)
+    unique = [js[0] for js in by_name.values()]
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
@@ -158,12 +275,19 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
     bar = tqdm(total=len(unique), desc=f"sweep {grid_name}", disable=not progress) if tqdm else None
     t0 = time.perf_counter()
     failures: Dict[str, BaseException] = {}
+
+    def finished(name: str, row: Dict) -> None:
+        for job in by_name[name]:
+            _append_row(out_path, dict(row, group=job["group"], setting=job["setting"]))
+
     if workers <= 1:
         for job in unique:
             try:
-                results[job["name"]] = _one_run(job)
+                row = _one_run(job)
             except Exception as exc:  # keep going: the other runs are still worth writing
                 failures[job["name"]] = exc
+            else:
+                finished(job["name"], row)
             bar and bar.update()
     else:
         import multiprocessing as mp
@@ -172,40 +296,119 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
             futures = {pool.submit(_one_run, job): job["name"] for job in unique}
             for fut in as_completed(futures):
                 try:
-                    results[futures[fut]] = fut.result()
+                    row = fut.result()
                 except Exception as exc:
                     failures[futures[fut]] = exc
+                else:
+                    finished(futures[fut], row)
                 bar and bar.update()
     bar and bar.close()
-    rows = []
-    for job in jobs:
-        if job["name"] in results:
-            rows.append(dict(results[job["name"]], group=job["group"], setting=job["setting"]))
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row[k] for k in CSV_COLUMNS})
+    wanted = {(j["group"], j["setting"], j["name"]): k for k, j in enumerate(jobs)}
+    rows = sorted((r for r in read_csv(out_path) if (r["group"], r["setting"], r["run"]) in wanted),
+                  key=lambda r: wanted[(r["group"], r["setting"], r["run"])]) if out_path.exists() else []
     if progress:
-        print(f"wrote {len(rows)} rows to {out_csv} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        print(f"{len(unique)} run(s) trained, {len(rows)} rows of this sweep in {out_csv} "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     if failures:
         detail = "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in failures.items())
         raise RuntimeError(f"{len(failures)} run(s) failed (the others are in {out_csv}; rerun to resume): {detail}")
     return rows
 
 
-def read_csv(path: str) -> List[Dict]:
-    """Rows of a sweep CSV with numeric columns converted."""
+def estimate(grid_name: str, seeds: Iterable[int], train_overrides: Optional[Dict] = None,
+             upsamplers: Optional[Iterable[str]] = None, workers: int = 2, steps: int = 3,
+             epochs: Optional[int] = None) -> Dict:
+    """Predict a sweep's wall time from a timed short run of each distinct configuration.
+
+    For each distinct run setting of the grid this builds the model and the data as the
+    sweep would, times ``steps`` training steps (after one untimed warm-up step) and one
+    validation batch on one thread in this process, and extrapolates to
+    ``epochs`` (default: the config's ``epochs``, the cap of the plateau schedule) epochs of
+    ``train_samples / batch_size`` steps plus the validation passes (every
+    ``eval_every`` epochs and the last). The total is the sum over runs and seeds divided by
+    ``workers``. An upper bound when the plateau schedule stops early; the machine's load
+    at the time of the measurement enters as it is.
+
+    Returns dict with ``runs`` (per configuration: upsampler, options, step_s, eval_batch_s,
+    run_s) and ``total_s``, ``workers``, ``seeds``.
+    """
+    import dataclasses
+
+    from torch.utils.data import DataLoader
+
+    from .data import make_dataset
+    from .models import Segmenter
+    from .train import resolve_config
+
+    seeds = list(seeds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = []
+    seen = set()
+    try:
+        for conf in grid(grid_name, upsamplers):
+            options = _canonical_options(conf["upsampler"], dict((train_overrides or {}).get("upsampler_options", {}),
+                                                                 **conf["options"]))
+            key = (conf["upsampler"], json.dumps(options, sort_keys=True))
+            if key in seen:
+                continue
+            seen.add(key)
+            cfg = resolve_config(dict(train_overrides or {}, upsampler=conf["upsampler"], upsampler_options=options,
+                                      progress=False))
+            ds = make_dataset(cfg.dataset, split="train", root=cfg.data_root, size=cfg.size,
+                              num_samples=max(cfg.batch_size * (steps + 1), cfg.batch_size), seed=cfg.data_seed,
+                              num_classes=cfg.num_classes)
+            model = Segmenter(ds.num_classes, cfg.upsampler, width=cfg.width, stages=cfg.stages,
+                              decoder_width=cfg.decoder_width, upsampler_options=cfg.upsampler_options,
+                              skip_fusion=cfg.skip_fusion, head=cfg.head)
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+            loader = list(DataLoader(ds, batch_size=cfg.batch_size))
+            times = []
+            t_prev = time.perf_counter()
+            for k, (img, mask) in enumerate(loader[: steps + 1]):
+                loss = torch.nn.functional.cross_entropy(model(img), mask)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                now = time.perf_counter()
+                if k:  # includes generating the batch, as in training
+                    times.append(now - t_prev)
+                t_prev = now
+            step_s = sorted(times)[len(times) // 2]
+            model.eval()
+            with torch.no_grad():
+                t1 = time.perf_counter()
+                model(loader[0][0])
+                eval_s = time.perf_counter() - t1  # one validation batch, forward only
+            n_epochs = epochs or cfg.epochs
+            per_epoch = max(1, cfg.train_samples // cfg.batch_size)
+            if cfg.max_steps_per_epoch:
+                per_epoch = min(per_epoch, cfg.max_steps_per_epoch)
+            evals = n_epochs // cfg.eval_every + 1 if cfg.eval_every else 1
+            val_batches = -(-cfg.val_samples // cfg.batch_size)
+            run_s = n_epochs * per_epoch * step_s + evals * val_batches * eval_s
+            out.append(dict(upsampler=conf["upsampler"], options=options, step_s=step_s, eval_batch_s=eval_s,
+                            run_s=run_s, epochs=n_epochs, steps_per_epoch=per_epoch))
+    finally:
+        torch.set_num_threads(threads)
+    total = sum(r["run_s"] for r in out) * len(seeds) / max(1, workers)
+    return dict(runs=out, total_s=total, workers=workers, seeds=seeds, grid=grid_name)
+
+
+def read_csv(path) -> List[Dict]:
+    """Rows of a sweep CSV with numeric columns converted (old and new column sets)."""
     ints = {"seed", "params", "upsampler_params", "macs", "upsampler_macs", "flops", "epochs", "size", "train_samples"}
-    floats = {"miou", "boundary_iou", "pixel_acc", "time_per_iter_ms", "train_loss"}
+    floats = {"miou", "boundary_iou", "fg_boundary_iou", "pixel_acc", "error_rate", "loc_error_rate",
+              "rec_error_rate", "loc_error_share", "time_per_iter_ms", "train_loss"}
     rows = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             for k in ints & r.keys():
-                r[k] = int(float(r[k]))
+                r[k] = int(float(r[k])) if r[k] not in ("", None) else None
             for k in floats & r.keys():
-                r[k] = float(r[k])
+                r[k] = float(r[k]) if r[k] not in ("", None) else float("nan")
+            if "converged" in r:
+                r["converged"] = {"True": True, "False": False}.get(r["converged"])
             rows.append(r)
     return rows
 
@@ -220,7 +423,7 @@ def summarize(rows: List[Dict], keys=("group", "setting"), metrics=("miou", "bou
     out = []
     for key, rs in groups.items():
         s = dict(zip(keys, key), n=len(rs), upsampler=rs[0]["upsampler"])
-        for m in metrics + ("time_per_iter_ms",):
+        for m in tuple(metrics) + ("time_per_iter_ms",):
             vals = [r[m] for r in rs]
             s[m + "_mean"] = statistics.fmean(vals)
             s[m + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -230,34 +433,99 @@ def summarize(rows: List[Dict], keys=("group", "setting"), metrics=("miou", "bou
     return out
 
 
+def _machine(workers: int) -> str:
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+            f"{workers} worker process(es) x 1 thread")
+
+
+#: TrainConfig fields the CLI exposes, with their types
+_FLAGS = [("dataset", str), ("data-root", str), ("num-classes", int), ("head", str), ("skip-fusion", str),
+          ("stages", int), ("width", int), ("decoder-width", int), ("epochs", int), ("size", int),
+          ("train-samples", int), ("val-samples", int), ("batch-size", int), ("lr", float),
+          ("max-steps-per-epoch", int), ("schedule", str), ("patience", int), ("plateau-tol", float),
+          ("max-decays", int), ("eval-every", int), ("data-seed", int)]
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sapa.sweep", description="Train a grid of upsamplers and write a CSV.")
-    p.add_argument("--grid", required=True, choices=["segmentation", "ablations"])
+    p = argparse.ArgumentParser(prog="python -m sapa.sweep", description="Train a grid of upsamplers and append to a CSV.")
+    p.add_argument("--grid", choices=GRIDS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", required=True, help="CSV path")
+    p.add_argument("--out", help="CSV path (appended to; rows already there are skipped)")
     p.add_argument("--runs", default="runs", help="directory of the per-run checkpoints (resumable)")
     p.add_argument("--workers", type=int, default=2, help="parallel runs, one thread each")
-    p.add_argument("--upsamplers", nargs="+", default=None, help="segmentation grid: subset of names")
+    p.add_argument("--upsamplers", nargs="+", default=None, help="segmentation/main grid: subset of names")
     p.add_argument("--profile", default=None, choices=["quick", "full"])
-    for key, typ in [("epochs", int), ("size", int), ("train-samples", int), ("val-samples", int),
-                     ("batch-size", int), ("lr", float), ("width", int), ("max-steps-per-epoch", int)]:
+    p.add_argument("--upsampler-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of every run's upsampler (e.g. match=sapa-b for bilinear+conv)")
+    for key, typ in _FLAGS:
         p.add_argument(f"--{key}", type=typ, default=None)
+    p.add_argument("--estimate", action="store_true", help="time a few steps per configuration, print the "
+                   "predicted wall time of the sweep, train nothing")
+    p.add_argument("--print-commands", action="store_true", help="print the commands of the stored results")
     a = p.parse_args(argv)
-    overrides = {k: getattr(a, k.replace("-", "_")) for k in
-                 ("profile", "epochs", "size", "train_samples", "val_samples", "batch_size", "lr", "width",
-                  "max_steps_per_epoch")}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if a.print_commands:
+        for name in list(STORED) + ["mechanism"]:
+            print(f"{name}: {stored_command(name)}")
+        return 0
+    if not a.grid:
+        p.error("--grid is required")
+    overrides = {k: getattr(a, k) for k in ("profile",) if getattr(a, k) is not None}
+    for key, _ in _FLAGS:
+        v = getattr(a, key.replace("-", "_"))
+        if v is not None:
+            overrides[key.replace("-", "_")] = v
+    if a.upsampler_option:
+        from .train import _parse_option
+
+        try:
+            opts = dict(_parse_option(t) for t in a.upsampler_option)
+        except argparse.ArgumentTypeError as e:
+            p.error(str(e))
+        overrides["upsampler_options"] = opts
+    try:
+        from .train import resolve_config
+
+        for conf in grid(a.grid, a.upsamplers):  # every setting checked before anything runs
+            resolve_config(dict(overrides, upsampler=conf["upsampler"],
+                                upsampler_options=dict(overrides.get("upsampler_options", {}), **conf["options"])))
+    except (ValueError, TypeError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    if a.estimate:
+        est = estimate(a.grid, a.seeds, overrides, a.upsamplers, workers=a.workers)
+        for r in est["runs"]:
+            print(f"{r['upsampler']:14s} {json.dumps(r['options']):28s} {1000 * r['step_s']:7.0f} ms/step "
+                  f"-> {r['run_s'] / 60:6.1f} min/run ({r['epochs']} epochs x {r['steps_per_epoch']} steps)")
+        print(f"estimated wall time of --grid {a.grid} with {len(a.seeds)} seed(s) on {a.workers} worker(s): "
+              f"{est['total_s'] / 3600:.2f} h (an upper bound under the plateau schedule)")
+        return 0
+    if not a.out:
+        p.error("--out is required")
     t0 = time.time()
-    run_sweep(a.grid, a.seeds, a.out, a.runs, a.workers, overrides, a.upsamplers)
-    meta = dict(
-        command="python -m sapa.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
-        seconds=round(time.time() - t0, 1),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        machine=f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {a.workers} worker process(es) x 1 thread",
-        train_overrides=overrides, seeds=a.seeds, grid=a.grid,
+    error = None
+    try:
+        rows = run_sweep(a.grid, a.seeds, a.out, a.runs, a.workers, overrides, a.upsamplers)
+    except ValueError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    except RuntimeError as e:  # some runs failed: record the invocation, then report
+        error, rows = e, read_csv(a.out) if Path(a.out).exists() else []
+    meta_path = Path(a.out).with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    invocation = dict(command="python -m sapa.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+                      seconds=round(time.time() - t0, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      machine=_machine(a.workers), rows=len(rows))
+    invocations = list(meta.get("invocations", [])) + [invocation]
+    meta.update(
+        command=invocation["command"], seconds=round(sum(i["seconds"] for i in invocations), 1),
+        date=invocation["date"], machine=invocation["machine"], train_overrides=overrides, seeds=a.seeds,
+        grid=a.grid, config_ids=sorted({r["config_id"] for r in rows if r.get("config_id")}),
+        invocations=invocations,
     )
-    with open(Path(a.out).with_suffix(".json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    tmp = meta_path.with_name(meta_path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_path)
+    if error is not None:
+        print(f"{p.prog}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -144,6 +144,7 @@ class TrainConfig:
     plateau_tol: float = 0.01
     decay_factor: float = 0.2
     max_decays: int = 2
+    eval_every: int = 1  # validate every N epochs (0: only the last); the last epoch always
     max_steps_per_epoch: Optional[int] = None  # cap (smoke tests)
     num_workers: int = 0
     device: str = "auto"
@@ -198,6 +199,8 @@ def resolve_config(config, custom_data: bool = False) -> TrainConfig:
         raise ValueError(f"unknown schedule {cfg.schedule!r} (--schedule); expected one of {SCHEDULES}")
     if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 1:
         raise ValueError(f"patience must be an int >= 1, got {cfg.patience!r}")
+    if isinstance(cfg.eval_every, bool) or not isinstance(cfg.eval_every, int) or cfg.eval_every < 0:
+        raise ValueError(f"eval_every must be an int >= 0, got {cfg.eval_every!r}")
     if isinstance(cfg.max_decays, bool) or not isinstance(cfg.max_decays, int) or cfg.max_decays < 0:
         raise ValueError(f"max_decays must be an int >= 0, got {cfg.max_decays!r}")
     if not (isinstance(cfg.plateau_tol, (int, float)) and 0 <= cfg.plateau_tol < 1):
@@ -589,7 +592,14 @@ def _train(cfg: TrainConfig, dist: _Dist, user_train=None, user_val=None) -> Dic
             train_model, train_loader, optimizer, epoch * steps_per_epoch, total_steps, cfg, dist,
             epoch + 1, steps_per_epoch, lr_scale, ignore_index, steps_per_epoch)
         dist.sync_buffers(model)
-        val = _evaluate(model, val_loader, num_classes, ignore_index, dist.device, dist)
+        last = epoch + 1 == cfg.epochs or (
+            cfg.schedule == "plateau" and plateau_state([r["train_loss"] for r in history] + [loss], cfg)[2])
+        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+            val = _evaluate(model, val_loader, num_classes, ignore_index, dist.device, dist)
+        else:  # eval_every: validation skipped this epoch (the last epoch is always evaluated)
+            val = dict.fromkeys(("miou", "boundary_iou", "pixel_acc", "iou_per_class", "boundary_iou_per_class",
+                                 "fg_boundary_iou", "error_rate", "loc_error_rate", "rec_error_rate",
+                                 "loc_error_share"))
         record = {
             "epoch": epoch + 1,
             "train_loss": loss,
@@ -610,10 +620,10 @@ def _train(cfg: TrainConfig, dist: _Dist, user_train=None, user_val=None) -> Dic
         }
         history.append(record)
         if dist.rank == 0:
-            print(f"[{cfg.upsampler}] epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}  "
-                  f"mIoU {val['miou']:.4f}  boundary IoU {val['boundary_iou']:.4f}  "
-                  f"acc {val['pixel_acc']:.4f}  ({record['epoch_time_s']:.1f} s, "
-                  f"{record['time_per_iter_ms']:.0f} ms/it)", file=sys.stderr)
+            scores = (f"mIoU {val['miou']:.4f}  boundary IoU {val['boundary_iou']:.4f}  acc {val['pixel_acc']:.4f}"
+                      if val["miou"] is not None else "(not evaluated)")
+            print(f"[{cfg.upsampler}] epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}  {scores}  "
+                  f"({record['epoch_time_s']:.1f} s, {record['time_per_iter_ms']:.0f} ms/it)", file=sys.stderr)
             if out is not None:
                 save_training_checkpoint(ckpt_path, {
                     "model": model.state_dict(),
@@ -679,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=3, help="plateau: epochs without improvement")
     p.add_argument("--plateau-tol", type=float, default=0.01, help="plateau: relative improvement that counts")
     p.add_argument("--max-decays", type=int, default=2, help="plateau: lr decays before the stop")
+    p.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (0: only the last)")
     p.add_argument("--upsampler-option", action="append", type=_parse_option, default=[],
                    metavar="KEY=VALUE", help="extra build_upsampler option, repeatable")
     p.add_argument("--train-samples", type=int)
@@ -711,6 +722,7 @@ def main(argv=None) -> int:
         decoder_width=args.decoder_width,
         stages=args.stages, skip_fusion=args.skip_fusion, head=args.head, schedule=args.schedule,
         patience=args.patience, plateau_tol=args.plateau_tol, max_decays=args.max_decays,
+        eval_every=args.eval_every,
         upsampler_options=dict(args.upsampler_option), max_steps_per_epoch=args.max_steps_per_epoch,
         num_workers=args.num_workers, device=args.device, threads=args.threads,
         progress=args.progress, resume=args.resume,

@@ -50,3 +50,103 @@ def test_sweep_writes_csv_and_resumes(tmp_path):
     summary = sweep.summarize(back)
     assert [s["setting"] for s in summary] == ["bilinear", "sapa-b"]
     assert all(s["n"] == 2 and not math.isnan(s["miou_std"]) for s in summary)
+
+
+# ---- resumable, append-only CSV; new grids; CLI ------------------------------------------------
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def test_new_grids():
+    main = [c["upsampler"] for c in sweep.grid("main")]
+    assert main[:15] == list(sweep.SEGMENTATION_UPSAMPLERS) and main[-1] == "bilinear+conv" and len(main) >= 14
+    t6 = sweep.grid("table6")
+    assert [c["setting"] for c in t6 if c["group"] == "padding"] == ["zeros", "ignore"]
+    names = {sweep._run_name(c["upsampler"], c["options"], 0) for c in t6}
+    assert len(names) == len(t6) - 4  # SAPA-B's defaults: one run for five rows
+    with pytest.raises(ValueError, match="unknown grid"):
+        sweep.grid("everything")
+
+
+def test_sweep_appends_and_never_loses_rows(tmp_path, monkeypatch):
+    out, runs = tmp_path / "s.csv", str(tmp_path / "runs")
+    kw = dict(workers=1, upsamplers=["bilinear"], progress=False)
+    first = sweep.run_sweep("main", [0], str(out), runs, train_overrides=TINY, **kw)
+    assert len(first) == 1 and first[0]["config_id"] and first[0]["config_id"] in first[0]["run"]
+    real = sweep._one_run
+
+    def no_training(job):
+        raise AssertionError(f"retrained {job['name']}")
+
+    monkeypatch.setattr(sweep, "_one_run", no_training)
+    again = sweep.run_sweep("main", [0], str(out), runs, train_overrides=TINY, **kw)
+    assert again == first  # read back, not retrained
+    monkeypatch.setattr(sweep, "_one_run", real)
+    changed = sweep.run_sweep("main", [0], str(out), runs, train_overrides=dict(TINY, lr=1e-3), **kw)
+    rows = sweep.read_csv(str(out))
+    assert len(rows) == 2 and rows[0] == first[0]  # the old row is still there, unchanged
+    assert changed[0]["config_id"] != first[0]["config_id"] and changed[0]["run"] != first[0]["run"]
+    assert json.loads(changed[0]["config"])["lr"] == 1e-3
+
+
+def test_failed_run_keeps_the_others_and_resumes(tmp_path, monkeypatch):
+    out, runs = tmp_path / "s.csv", str(tmp_path / "runs")
+    real = sweep._one_run
+
+    def flaky(job):
+        if job["train"]["upsampler"] == "nearest":
+            raise RuntimeError("boom")
+        return real(job)
+
+    monkeypatch.setattr(sweep, "_one_run", flaky)
+    with pytest.raises(RuntimeError, match="1 run"):
+        sweep.run_sweep("main", [0], str(out), runs, workers=1, train_overrides=TINY,
+                        upsamplers=["nearest", "bilinear"], progress=False)
+    assert [r["upsampler"] for r in sweep.read_csv(str(out))] == ["bilinear"]
+    monkeypatch.setattr(sweep, "_one_run", real)
+    rows = sweep.run_sweep("main", [0], str(out), runs, workers=1, train_overrides=TINY,
+                           upsamplers=["nearest", "bilinear"], progress=False)
+    assert [r["upsampler"] for r in rows] == ["nearest", "bilinear"]  # grid order
+    assert len(sweep.read_csv(str(out))) == 2
+
+
+def test_foreign_csv_is_refused_untouched(tmp_path):
+    out = tmp_path / "old.csv"
+    out.write_text("group,setting,upsampler,miou\nupsampler,bilinear,bilinear,0.5\n")
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="another --out"):
+        sweep.run_sweep("main", [0], str(out), str(tmp_path / "runs"), workers=1, train_overrides=TINY,
+                        upsamplers=["bilinear"], progress=False)
+    assert out.read_bytes() == before
+
+
+def test_cli_commands_estimate_and_json(tmp_path, capsys):
+    assert sweep.main(["--print-commands"]) == 0
+    printed = capsys.readouterr().out
+    assert "--out book/results/main.csv" in printed and "--grid table6" in printed
+    assert "python -m sapa.mechanism --out book/results/mechanism.csv" in printed
+    assert "--head segformer" in printed and "--dataset textures" in printed
+    flags = ["--epochs", "1", "--size", "32", "--train-samples", "16", "--val-samples", "8", "--batch-size", "8",
+             "--width", "4", "--decoder-width", "8", "--stages", "3", "--max-steps-per-epoch", "1",
+             "--dataset", "textures", "--head", "segformer"]
+    assert sweep.main(["--grid", "main", "--upsamplers", "bilinear", "sapa-b", "--estimate", *flags]) == 0
+    est = capsys.readouterr().out
+    assert "ms/step" in est and "estimated wall time" in est
+    out = tmp_path / "r.csv"
+    args = ["--grid", "main", "--upsamplers", "bilinear", "--seeds", "0", "--out", str(out), "--workers", "1",
+            "--runs", str(tmp_path / "runs"), *flags]
+    assert sweep.main(args) == 0 and sweep.main(args) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert len(meta["invocations"]) == 2 and meta["seconds"] == pytest.approx(
+        sum(i["seconds"] for i in meta["invocations"]), abs=0.2)
+    assert meta["command"].startswith("python -m sapa.sweep --grid main") and "CPU" in meta["machine"]
+    row = sweep.read_csv(str(out))[0]
+    assert row["head"] == "segformer" and row["dataset"] == "textures"
+    assert row["error_rate"] == pytest.approx(row["loc_error_rate"] + row["rec_error_rate"])
+    for bad in (["--upsampler-option", "foo=1"], ["--head", "fpn"], ["--device-nope"]):
+        with pytest.raises(SystemExit) as e:
+            sweep.main(["--grid", "main", "--upsamplers", "bilinear", "--out", str(tmp_path / "x.csv"), *bad])
+        assert e.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
