@@ -1,28 +1,39 @@
-"""Benchmark the SAPA backends: ``python -m sapa.bench [--sizes 16 32 64] [--json]``.
+"""Benchmark the SAPA backends: ``python -m sapa.bench [--sizes 16 32 64] [--threads 1 2] [--json]``.
 
 Default sizes are those of a SegFormer-B1 head: B=2, C=256, d=32, K=5, x2 from 16x16, 32x32
-and 64x64. For every backend and size it measures the forward pass and the forward+backward
-pass: the median time of several runs after a warm-up, and the peak memory.
+and 64x64. For every size, pass (forward; forward+backward) and thread count it times each
+method several times, *interleaved* (one call of each method per round, the order rotating
+from round to round, all in one process), and reports the minimum, median and maximum; then
+it measures each case's peak memory once.
 
-* CPU: each case runs in a fresh subprocess; peak memory is the growth of the process's peak
-  resident set (VmHWM) over its resident set just before the timed calls.
-* CUDA: CUDA events (median of many runs after warm-up), ``torch.cuda.max_memory_allocated``
-  above the inputs, and achieved GB/s against the bytes-moved model of ``sapa.traffic``
-  (each input read once, the output written once).
+Methods: the backends of :func:`sapa.sapa_upsample` (``"torch"``, ``"cpp"``, ``"triton"``,
+``"reference"``), ``"bilinear"`` (``F.interpolate``, a floor for comparison) and
+``"materialised"``, the baseline: the formulation a competent user writes without this
+package (unfold K and V at low resolution, one einsum for the logits over the s x s phases,
+softmax, one einsum to assemble; integer scales, softmax, zero padding). Ratios are against
+the baseline of the same size, pass and thread count: ``speedup`` = baseline time / time
+(medians), ``memory_ratio`` = peak / baseline peak.
 
-``F.interpolate(mode="bilinear")`` is timed as a floor for comparison. Ratios are relative
-to the ``reference`` backend of the same size and pass.
+* CPU: peak memory is the growth of the peak resident set (VmHWM) over the resident set just
+  before one call, measured in a fresh subprocess per case (so that it is that case's own).
+* CUDA: CUDA events, ``torch.cuda.max_memory_allocated`` above the inputs, and achieved GB/s
+  against the bytes-moved model of ``sapa.traffic``.
+
+A result is flagged when its timings cannot carry the ratio: ``fwd+bwd<fwd`` (the median of
+forward+backward below that of the forward alone: the machine was busier during one of them)
+and ``spread`` (the ratio computed from the extremes of the two timings varies by more than
+2x, i.e. (max/min of the method) x (max/min of the baseline) > 2). On a shared machine, read
+medians and rerun flagged rows.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,22 +41,59 @@ import torch.nn.functional as F
 from .backends import available_backends
 from .functional import sapa_upsample
 
-__all__ = ["run_case", "run", "format_table", "main"]
+__all__ = ["materialised", "run_case", "run", "format_table", "main", "BASELINE", "SPREAD_LIMIT"]
+
+#: the baseline method of the ratios
+BASELINE = "materialised"
+#: a ratio is flagged when (max/min of the method) * (max/min of the baseline) exceeds this
+SPREAD_LIMIT = 2.0
+_EXTRA = ("materialised", "bilinear")
+
+
+def materialised(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: int = 5) -> torch.Tensor:
+    """SAPA (softmax, zero padding) as a user writes it with unfold and einsum; the bench's baseline.
+
+    query (B, d, s*H, t*W), key (B, d, H, W), value (B, C, H, W) -> (B, C, s*H, t*W); integer
+    scales s, t only. Materialises the unfolded key (B, d, K*K, H, W) and value
+    (B, C, K*K, H, W) and the (B, K*K, H, s, W, t) logits and weights.
+    """
+    B, d, Hq, Wq = query.shape
+    C, H, W = value.shape[1:]
+    if Hq % H or Wq % W:
+        raise ValueError(f"the materialised baseline needs integer scales, got {(H, W)} -> {(Hq, Wq)}")
+    s, t = Hq // H, Wq // W
+    K, R = kernel_size, kernel_size // 2
+    k_unf = F.unfold(key, K, padding=R).view(B, d, K * K, H, W)
+    v_unf = F.unfold(value, K, padding=R).view(B, C, K * K, H, W)
+    q_ph = query.view(B, d, H, s, W, t)
+    logits = torch.einsum("bdhswt,bdkhw->bkhswt", q_ph, k_unf)
+    weights = logits.softmax(dim=1)
+    out = torch.einsum("bkhswt,bckhw->bchswt", weights, v_unf)
+    return out.reshape(B, C, Hq, Wq)
 
 
 def _inputs(B, C, d, H, scale, dtype, device, requires_grad):
     g = torch.Generator(device="cpu").manual_seed(0)
-    mk = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype).requires_grad_(requires_grad)
-    return mk(B, d, scale * H, scale * H), mk(B, d, H, H), mk(B, C, H, H)
+
+    def mk(*s):
+        return torch.randn(*s, generator=g).to(device=device, dtype=dtype).requires_grad_(requires_grad)
+
+    q, k, v = mk(B, d, scale * H, scale * H), mk(B, d, H, H), mk(B, C, H, H)
+    grad = torch.randn(B, C, scale * H, scale * H, generator=g).to(device=device, dtype=dtype)
+    return q, k, v, grad
 
 
-def _step(method, q, k, v, K, backward):
+def _step(method, q, k, v, K, grad):
     if method == "bilinear":
         out = F.interpolate(v, size=q.shape[-2:], mode="bilinear", align_corners=False)
+    elif method == "materialised":
+        out = materialised(q, k, v, K)
     else:
         out = sapa_upsample(q, k, v, K, backend=method)
-    if backward:
-        out.backward(torch.ones_like(out))
+    if grad is not None:
+        out.backward(grad)
+        for t in (q, k, v):
+            t.grad = None
     return out
 
 
@@ -57,118 +105,242 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
-def run_case(method: str, B: int, C: int, d: int, H: int, scale: int, K: int, dtype: str,
-             device: str, backward: bool, min_time: float = 1.0, max_runs: int = 50) -> Dict:
-    """Time one (method, size, pass) in this process; returns a dict with seconds and peak bytes."""
-    dt = getattr(torch, dtype)
-    q, k, v = _inputs(B, C, d, H, scale, dt, device, backward)
-    cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    _step(method, q, k, v, K, backward)  # warm-up (and Triton compilation)
-    for t in (q, k, v):
-        t.grad = None
-    sync()
+def _peak_bytes(method, q, k, v, K, grad, cuda: bool) -> int:
+    """Peak memory of one call above what is allocated before it (after a warm-up call)."""
+    _step(method, q, k, v, K, grad)
     if cuda:
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        try:  # reset the peak resident set so VmHWM measures this case only
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-        base = _rss_kib("VmRSS")
-    times: List[float] = []
-    t_start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < 3 or time.perf_counter() - t_start < min_time):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            _step(method, q, k, v, K, backward)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            _step(method, q, k, v, K, backward)
-            times.append(time.perf_counter() - t0)
-        for t in (q, k, v):
-            t.grad = None
+        _step(method, q, k, v, K, grad)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    try:  # reset the peak resident set so that VmHWM measures this call only
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    base = _rss_kib("VmRSS")
+    _step(method, q, k, v, K, grad)
+    return max(0, _rss_kib("VmHWM") - base) * 1024
+
+
+def run_case(method: str, B: int, C: int, d: int, H: int, scale: int, K: int, dtype: str, device: str,
+             backward: bool, threads: Optional[int] = None, min_time: float = 0.0, max_runs: int = 5) -> Dict:
+    """Time one (method, size, pass) alone in this process; returns seconds (median) and peak bytes.
+
+    At least 3 runs and ``min_time`` seconds (at most ``max_runs`` runs) after a warm-up call.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    cuda = device.startswith("cuda")
+    q, k, v, grad = _inputs(B, C, d, H, scale, getattr(torch, dtype), device, backward)
+    grad = grad if backward else None
+    peak = _peak_bytes(method, q, k, v, K, grad, cuda)
+    times = _time_round_robin([method], q, k, v, K, grad, cuda, repeats=max(3, max_runs), min_time=min_time)[method]
+    return dict(method=method, B=B, C=C, d=d, H=H, scale=scale, K=K, dtype=dtype, device=device, backward=backward,
+                threads=torch.get_num_threads(), seconds=statistics.median(times), min_seconds=min(times),
+                max_seconds=max(times), runs=len(times), peak_bytes=peak)
+
+
+def _time_round_robin(methods: Sequence[str], q, k, v, K, grad, cuda: bool, repeats: int,
+                      min_time: float = 0.0) -> Dict[str, List[float]]:
+    """Interleaved timings: each round calls every method once, the order rotating by one."""
+    times: Dict[str, List[float]] = {m: [] for m in methods}
+    for m in methods:  # warm-up (and compilation)
+        _step(m, q, k, v, K, grad)
     if cuda:
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = max(0, _rss_kib("VmHWM") - base) * 1024
-    result = dict(method=method, B=B, C=C, d=d, H=H, scale=scale, K=K, dtype=dtype, device=device,
-                  backward=backward, seconds=statistics.median(times), runs=len(times), peak_bytes=peak)
-    if cuda and method != "bilinear":
-        try:
-            from .traffic import bytes_moved
+        torch.cuda.synchronize()
+    t_start, r = time.perf_counter(), 0
+    while r < repeats or time.perf_counter() - t_start < min_time:
+        order = list(methods[r % len(methods):]) + list(methods[: r % len(methods)])
+        for m in order:
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                _step(m, q, k, v, K, grad)
+                end.record()
+                torch.cuda.synchronize()
+                times[m].append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                _step(m, q, k, v, K, grad)
+                times[m].append(time.perf_counter() - t0)
+        r += 1
+        if r >= 1000:
+            break
+    return times
 
-            nbytes = bytes_moved(B, C, d, K, scale, H, H, torch.tensor([], dtype=dt).element_size(), "fused")
-            if backward:  # backward reads q, k, v, grad_out and writes three gradients
-                nbytes *= 3
-            result["gbps"] = nbytes / result["seconds"] / 1e9
-        except ImportError:
-            pass
-    return result
 
-
-def _case_in_subprocess(**case) -> Dict:
-    cmd = [sys.executable, "-m", "sapa.bench", "--_case", json.dumps(case)]
+def _peak_in_subprocess(**case) -> int:
+    cmd = [sys.executable, "-m", "sapa.bench", "--_peak", json.dumps(case)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark case {case} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return int(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def run(methods=None, sizes=(16, 32, 64), B=2, C=256, d=32, K=5, scale=2, dtype="float32",
-        device=None, passes=("forward", "forward+backward"), progress=True, min_time: float = 1.0,
-        max_runs: int = 50) -> List[Dict]:
-    """Run every (method, size, pass) case; returns a list of result dicts.
+def _peak_case(method, B, C, d, H, scale, K, dtype, device, backward, threads) -> int:
+    torch.set_num_threads(threads)
+    q, k, v, grad = _inputs(B, C, d, H, scale, getattr(torch, dtype), device, backward)
+    return _peak_bytes(method, q, k, v, K, grad if backward else None, device.startswith("cuda"))
 
-    Each case is timed for at least 3 runs and ``min_time`` seconds (at most ``max_runs`` runs).
+
+def check_methods(methods: Sequence[str], device: str) -> List[str]:
+    """The methods, validated for ``device``; raises ValueError with one clear line otherwise."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__})")
+    if not device.startswith(("cpu", "cuda")):
+        raise ValueError(f"--device {device}: expected cpu or cuda")
+    known = set(available_backends()) | set(_EXTRA)
+    out = []
+    for m in methods:
+        if m == "triton" and "triton" not in known:
+            raise ValueError("--methods triton: the triton package is not installed (pip install triton)")
+        if m not in known:
+            raise ValueError(f"--methods {m}: unknown; expected some of {sorted(known)}")
+        if m == "triton" and not device.startswith("cuda"):
+            raise ValueError("--methods triton: the Triton backend needs --device cuda")
+        if m == "cpp" and device != "cpu":
+            raise ValueError("--methods cpp: the C++ backend runs on --device cpu only")
+        if m not in out:
+            out.append(m)
+    return out
+
+
+def default_methods(device: str) -> List[str]:
+    """Baseline, every backend usable on ``device`` except the slow ``"reference"``, bilinear."""
+    names = available_backends()
+    out = [BASELINE, "torch"]
+    if device == "cpu" and "cpp" in names:
+        from .backends import cpp
+
+        if cpp.available(torch.empty(0)):
+            out.append("cpp")
+    if device.startswith("cuda") and "triton" in names:
+        out.append("triton")
+    return out + ["bilinear"]
+
+
+def run(methods=None, sizes=(16, 32, 64), B=2, C=256, d=32, K=5, scale=2, dtype="float32", device=None,
+        passes=("forward", "forward+backward"), progress=True, threads: Sequence[int] = (1,), repeats: int = 7,
+        min_time: float = 0.0, measure_memory: bool = True, max_runs: Optional[int] = None) -> List[Dict]:
+    """Run every (threads, size, pass) group, methods interleaved; returns a list of result dicts.
+
+    ``methods`` defaults to :func:`default_methods`; the baseline ``"materialised"`` is always
+    added (first). ``repeats`` rounds per group (and at least ``min_time`` seconds). Each result
+    has ``seconds`` (median), ``min_seconds``, ``max_seconds``, ``runs``, ``peak_bytes``
+    and, against the baseline, ``speedup``, ``time_ratio`` (its inverse), ``memory_ratio`` and
+    ``flags`` (a list, empty when the numbers can carry the ratio).
     """
+    if max_runs is not None:  # older keyword
+        repeats = max_runs
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if methods is None:
-        methods = [m for m in available_backends() if m != "triton" or device.startswith("cuda")]
-        methods.append("bilinear")
-    cases = [(m, H, p) for H in sizes for p in passes for m in methods]
-    it = cases
+    methods = check_methods(list(methods) if methods else default_methods(device), device)
+    if BASELINE not in methods:
+        methods.insert(0, BASELINE)
+    if isinstance(threads, int):
+        threads = (threads,)
+    cuda = device.startswith("cuda")
+    groups = [(n, H, p) for n in threads for H in sizes for p in passes]
+    bar = None
     if progress:
         try:
             from tqdm.auto import tqdm
 
-            it = tqdm(cases, desc="bench")
+            bar = tqdm(total=len(groups) * len(methods) * (2 if measure_memory else 1), desc="bench")
         except ImportError:  # pragma: no cover
             pass
-    results = []
-    for m, H, p in it:
-        case = dict(method=m, B=B, C=C, d=d, H=H, scale=scale, K=K, dtype=dtype, device=device,
-                    backward=(p != "forward"), min_time=min_time, max_runs=max_runs)
-        results.append(_case_in_subprocess(**case) if device == "cpu" else run_case(**case))
-    for r in results:
-        ref = next((x for x in results if x["method"] == "reference" and x["H"] == r["H"]
-                    and x["backward"] == r["backward"]), None)
-        if ref is not None:
-            r["time_ratio"] = r["seconds"] / ref["seconds"]
-            r["memory_ratio"] = r["peak_bytes"] / ref["peak_bytes"] if ref["peak_bytes"] else float("nan")
+    results: List[Dict] = []
+    n_before = torch.get_num_threads()
+    try:
+        for n, H, p in groups:
+            torch.set_num_threads(n)
+            backward = p != "forward"
+            q, k, v, grad = _inputs(B, C, d, H, scale, getattr(torch, dtype), device, backward)
+            times = _time_round_robin(methods, q, k, v, K, grad if backward else None, cuda, repeats, min_time)
+            del q, k, v, grad
+            if bar is not None:
+                bar.update(len(methods))
+            for m in methods:
+                case = dict(method=m, B=B, C=C, d=d, H=H, scale=scale, K=K, dtype=dtype, device=device,
+                            backward=backward, threads=n)
+                peak = -1
+                if measure_memory:
+                    peak = _peak_in_subprocess(**case) if not cuda else _peak_case(**case)
+                    if bar is not None:
+                        bar.update(1)
+                ts = times[m]
+                results.append(dict(case, seconds=statistics.median(ts), min_seconds=min(ts), max_seconds=max(ts),
+                                    runs=len(ts), peak_bytes=peak))
+    finally:
+        torch.set_num_threads(n_before)
+        if bar is not None:
+            bar.close()
+    _add_ratios(results)
+    if cuda:
+        _add_gbps(results)
     return results
 
 
+def _same(r, x) -> bool:
+    return all(r[f] == x[f] for f in ("H", "backward", "threads", "device"))
+
+
+def _add_ratios(results: List[Dict]) -> None:
+    for r in results:
+        flags = []
+        base = next((x for x in results if x["method"] == BASELINE and _same(r, x)), None)
+        if base is not None:
+            r["speedup"] = base["seconds"] / r["seconds"]
+            r["time_ratio"] = r["seconds"] / base["seconds"]
+            r["memory_ratio"] = (r["peak_bytes"] / base["peak_bytes"] if base["peak_bytes"] > 0 and r["peak_bytes"] >= 0
+                                 else float("nan"))
+            spread = (r["max_seconds"] / r["min_seconds"]) * (base["max_seconds"] / base["min_seconds"])
+            if r is not base and spread > SPREAD_LIMIT:
+                flags.append("spread")
+        if r["backward"]:
+            fwd = next((x for x in results if x["method"] == r["method"] and not x["backward"]
+                        and all(r[f] == x[f] for f in ("H", "threads", "device"))), None)
+            if fwd is not None and r["seconds"] < fwd["seconds"]:
+                flags.append("fwd+bwd<fwd")
+        r["flags"] = flags
+
+
+def _add_gbps(results: List[Dict]) -> None:
+    try:
+        from .traffic import bytes_moved
+    except ImportError:  # pragma: no cover
+        return
+    for r in results:
+        if r["method"] in ("bilinear", BASELINE):
+            continue
+        size = torch.tensor([], dtype=getattr(torch, r["dtype"])).element_size()
+        nbytes = bytes_moved(r["B"], r["C"], r["d"], r["K"], r["scale"], r["H"], r["H"], size, "fused")
+        if r["backward"]:  # the backward reads q, k, v, grad_out and writes three gradients
+            nbytes *= 3
+        r["gbps"] = nbytes / r["seconds"] / 1e9
+
+
 def format_table(results: List[Dict]) -> str:
-    """Markdown table of :func:`run` results (ratios are method / reference)."""
+    """Markdown table of :func:`run` results (speed-up and memory against the materialised baseline)."""
     has_gbps = any("gbps" in r for r in results)
-    head = "| size | pass | method | time (ms) | x reference | peak mem (MiB) | x reference |"
-    sep = "|---|---|---|---:|---:|---:|---:|"
+    head = ("| size | pass | threads | method | median (ms) | min | max | speed-up vs materialised "
+            "| peak mem (MiB) | x materialised | flags |")
+    sep = "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"
     if has_gbps:
         head += " GB/s |"
         sep += "---:|"
     lines = [head, sep]
+    nan = float("nan")
     for r in results:
         size = f"{r['H']}->{r['H'] * r['scale']}"
         pas = "fwd+bwd" if r["backward"] else "fwd"
-        row = (f"| {size} | {pas} | {r['method']} | {1e3 * r['seconds']:.1f} | {r.get('time_ratio', float('nan')):.3f} "
-               f"| {r['peak_bytes'] / 2**20:.1f} | {r.get('memory_ratio', float('nan')):.3f} |")
+        peak = f"{r['peak_bytes'] / 2**20:.1f}" if r.get("peak_bytes", -1) >= 0 else "-"
+        row = (f"| {size} | {pas} | {r.get('threads', '')} | {r['method']} | {1e3 * r['seconds']:.1f} "
+               f"| {1e3 * r.get('min_seconds', nan):.1f} | {1e3 * r.get('max_seconds', nan):.1f} "
+               f"| {r.get('speedup', nan):.2f} | {peak} | {r.get('memory_ratio', nan):.3f} "
+               f"| {' '.join(r.get('flags', []))} |")
         if has_gbps:
             row += f" {r['gbps']:.0f} |" if "gbps" in r else " |"
         lines.append(row)
@@ -178,29 +350,48 @@ def format_table(results: List[Dict]) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sapa.bench", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64], help="low-res H = W")
-    p.add_argument("--methods", nargs="+", default=None, help="backends (and 'bilinear'); default all")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="backends, 'bilinear', 'materialised' (the baseline, always included); default: "
+                        "materialised, torch, cpp (CPU) or triton (CUDA), bilinear")
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="intra-op thread counts to run (default 1)")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved rounds per size and pass (default 7)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--channels", type=int, default=256)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--kernel-size", type=int, default=5)
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
-    p.add_argument("--_case", help=argparse.SUPPRESS)
+    p.add_argument("--_peak", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a._case:
-        print(json.dumps(run_case(**json.loads(a._case))))
+    if a._peak:
+        print(json.dumps(_peak_case(**json.loads(a._peak))))
         return
-    results = run(a.methods, a.sizes, a.batch, a.channels, a.dim, a.kernel_size, a.scale, a.dtype, a.device,
-                  progress=not a.json)
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        for name, val in (("--threads", a.threads), ("--sizes", a.sizes)):
+            if min(val) < 1:
+                raise ValueError(f"{name} must be positive, got {val}")
+        if a.repeats < 1:
+            raise ValueError(f"--repeats must be positive, got {a.repeats}")
+        methods = check_methods(a.methods, device) if a.methods else None
+    except ValueError as exc:
+        sys.exit(f"sapa.bench: error: {exc}")
+    results = run(methods, a.sizes, a.batch, a.channels, a.dim, a.kernel_size, a.scale, a.dtype, device,
+                  progress=not a.json, threads=a.threads, repeats=a.repeats, measure_memory=not a.no_memory)
     if a.json:
         print(json.dumps(results, indent=1))
-    else:
-        dev = results[0]["device"] if results else "?"
-        print(f"# sapa.bench: B={a.batch} C={a.channels} d={a.dim} K={a.kernel_size} x{a.scale} "
-              f"{a.dtype} on {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-        print(format_table(results))
+        return
+    print(f"# sapa.bench: B={a.batch} C={a.channels} d={a.dim} K={a.kernel_size} x{a.scale} {a.dtype} on {device}, "
+          f"torch {torch.__version__}, {a.repeats} interleaved rounds; times in ms (median, min, max)")
+    print(format_table(results))
+    flagged = [r for r in results if r["flags"]]
+    if flagged:
+        print(f"\n{len(flagged)} result(s) flagged: their spread makes the ratio unreliable "
+              f"(spread: (max/min of method) x (max/min of baseline) > {SPREAD_LIMIT:g}; fwd+bwd<fwd: the machine "
+              f"was busier during the forward); rerun on a quieter machine.")
 
 
 if __name__ == "__main__":

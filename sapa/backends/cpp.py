@@ -1,0 +1,150 @@
+"""Backend ``"cpp"``: fused C++ kernels for CPU tensors (float32 and float64).
+
+The source, ``sapa/csrc/sapa_cpu.cpp``, ships with the package and is compiled on first use
+with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja are needed; the ``ninja``
+package from PyPI is a dependency). The build is cached in PyTorch's extensions directory
+(``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) under a name that
+hashes the source, the compiler flags, the torch version and the CPU's instruction set, so a
+later process loads it in well under a second and a changed source is rebuilt.
+
+When the build fails (no compiler, no ninja, a compile error) the backend reports itself
+unavailable, ``backend="auto"`` falls back to the pure PyTorch backend ``"torch"`` and one
+``RuntimeWarning`` per process says why. ``SAPA_CPP=0`` in the environment skips the build
+silently (the same fallback, deliberately).
+
+Every normalisation and both paddings are covered, for any output size H' >= H, W' >= W.
+Half precision is not: ``"auto"`` runs float16/bfloat16 CPU tensors on ``"torch"``.
+
+Kernels (see the source's header): forward and the backward's first stage run one low-res
+row of window centres at a time (parallel over B x H with ``at::parallel_for``); the
+backward's key and value gradients are gathered per low-res row from the first stage's
+buffers, so each thread owns the rows it writes and the gradients are bitwise repeatable,
+whatever the number of threads.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["forward", "backward", "available", "auto", "load_extension", "build_error", "SOURCE"]
+
+#: the C++ source, shipped as package data
+SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "sapa_cpu.cpp"
+#: compiler flags (the kernels rely on GCC/Clang vector extensions; -march=native since the
+#: build happens on the machine that runs it, and the CPU's flags are part of the cache key)
+CFLAGS = ("-O3", "-march=native")
+
+_NORM_CODE = {"softmax": 0, "relu": 1, "sigmoid": 2, "softplus": 3, "none": 4}
+_DTYPES = (torch.float32, torch.float64)
+
+_lock = threading.Lock()
+_ext = None
+_error: Optional[str] = None
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _module_name() -> str:
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), repr(CFLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return "sapa_cpu_" + h.hexdigest()[:16]
+
+
+def _ninja_on_path() -> None:
+    """Make the ``ninja`` of the PyPI package visible when its venv is not activated."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja  # the PyPI package
+
+        bin_dir = getattr(ninja, "BIN_DIR", None)
+    except ImportError:
+        return
+    if bin_dir and os.path.isdir(bin_dir):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def load_extension():
+    """The compiled extension module (built on the first call), or None if it cannot be built.
+
+    A failed build warns once (RuntimeWarning) and is not retried in this process.
+    """
+    global _ext, _error
+    if _ext is not None or _error is not None:
+        return _ext
+    with _lock:
+        if _ext is not None or _error is not None:
+            return _ext
+        if os.environ.get("SAPA_CPP", "1").strip() == "0":
+            _error = "disabled by SAPA_CPP=0"
+            return None
+        try:
+            _ninja_on_path()
+            from torch.utils import cpp_extension
+
+            _ext = cpp_extension.load(name=_module_name(), sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                                      verbose=False)
+        except Exception as exc:  # no compiler, no ninja, compile error: fall back
+            _error = _first_line(exc)
+            warnings.warn(
+                f"sapa: the C++ CPU kernel could not be built ({_error}); CPU tensors use the pure "
+                "PyTorch backend 'torch' instead (slower, same results)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _ext
+
+
+def build_error() -> Optional[str]:
+    """Why the extension is unavailable (None if it loaded or was not tried yet)."""
+    return _error
+
+
+def available(query: torch.Tensor) -> bool:
+    """CPU tensor of float32/float64 and an extension that builds."""
+    return query.device.type == "cpu" and query.dtype in _DTYPES and load_extension() is not None
+
+
+def auto(query: torch.Tensor) -> bool:
+    """``backend="auto"`` runs every case this backend covers on it."""
+    return available(query)
+
+
+def forward(query, key, value, kernel_size, normalization, padding) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H', W') output from query (B, d, H', W'), key (B, d, H, W), value (B, C, H, W)."""
+    ext = load_extension()
+    out = ext.forward(query, key, value, kernel_size, _NORM_CODE[normalization], padding == "ignore")
+    return out, query.new_empty(0, dtype=torch.float32)
+
+
+def backward(grad_out, query, key, value, out, stat, kernel_size, normalization, padding, needs):
+    """(grad_query, grad_key, grad_value); the weights are recomputed from the inputs."""
+    ext = load_extension()
+    nq, nk, nv = (bool(x) for x in needs)
+    gq, gk, gv = ext.backward(grad_out.to(query.dtype), query, key, value, kernel_size, _NORM_CODE[normalization],
+                              padding == "ignore", nq, nk, nv)
+    return gq, gk, gv
