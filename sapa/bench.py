@@ -376,7 +376,9 @@ def main(argv=None):
                 raise ValueError(f"{name} must be positive, got {val}")
         if a.repeats < 1:
             raise ValueError(f"--repeats must be positive, got {a.repeats}")
-        methods = check_methods(a.methods, device) if a.methods else None
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__})")
+        methods = check_methods(a.methods or default_methods(device), device)
     except ValueError as exc:
         sys.exit(f"sapa.bench: error: {exc}")
     results = run(methods, a.sizes, a.batch, a.channels, a.dim, a.kernel_size, a.scale, a.dtype, device,

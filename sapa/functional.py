@@ -13,7 +13,9 @@ This module validates the arguments and dispatches to a backend (``sapa.backends
                  The teaching version and the test oracle.
 ``"torch"``      pure PyTorch, any device, memory-efficient (phase-grouped row chunks).
 ``"triton"``     the fused GPU kernels (``sapa.backends.triton``), when Triton imports.
-``"auto"``       ``"triton"`` for CUDA tensors when available, otherwise ``"torch"``.
+``"cpp"``        fused C++ CPU kernels (``sapa.backends.cpp``), float32/float64, built on first use.
+``"auto"``       ``"triton"`` for CUDA tensors when available, ``"cpp"`` for float32/float64
+                 CPU tensors when it builds, otherwise ``"torch"``.
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ def sapa_upsample(
             (w = h(s) / (sum h(s) + NORM_EPS)) or ``"none"`` (the raw similarities).
         padding: ``"zeros"`` (official: positions outside the map have logit 0 and value 0
             and take part in the normalisation) or ``"ignore"`` (they are left out of it).
-        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``
+        backend: ``"auto"``, ``"reference"``, ``"torch"``, ``"cpp"`` or ``"triton"``
             (see ``sapa.available_backends()``).
 
     Returns:

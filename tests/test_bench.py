@@ -3,27 +3,103 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from sapa import bench
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "sapa.bench", *args], capture_output=True, text=True)
+
+
+def test_materialised_baseline_matches_reference(one_thread):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((2, 3, 10, 21), (2, 3, 5, 7), (2, 4, 5, 7)))
+    for K in (1, 3, 5):
+        import sapa
+
+        torch.testing.assert_close(bench.materialised(q, k, v, K), sapa.sapa_upsample(q, k, v, K, backend="reference"))
+    with pytest.raises(ValueError, match="integer scales"):
+        bench.materialised(q[..., :9, :], k, v)
 
 
 def test_run_case_reports_time_and_memory():
     r = bench.run_case("torch", B=1, C=8, d=4, H=6, scale=2, K=3, dtype="float32", device="cpu",
-                       backward=True, min_time=0.0, max_runs=3)
+                       backward=True, max_runs=3)
     assert r["seconds"] > 0 and r["runs"] == 3 and r["peak_bytes"] >= 0
+    assert r["min_seconds"] <= r["seconds"] <= r["max_seconds"]
 
 
-def test_cli_json_and_ratios():
-    out = subprocess.run(
-        [sys.executable, "-m", "sapa.bench", "--sizes", "4", "--channels", "8", "--dim", "4", "--json",
-         "--methods", "reference", "torch"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    results = json.loads(out)
-    assert {r["method"] for r in results} == {"reference", "torch"}
-    assert len(results) == 4
+def test_run_interleaves_and_adds_the_baseline(one_thread):
+    res = bench.run(["torch", "bilinear"], sizes=(4,), C=8, d=4, K=3, device="cpu", progress=False,
+                    threads=(1, 2), repeats=3, measure_memory=False)
+    assert [r["method"] for r in res[:3]] == ["materialised", "torch", "bilinear"]
+    assert len(res) == 3 * 2 * 2  # methods x passes x thread counts
+    assert {r["threads"] for r in res} == {1, 2}
+    for r in res:
+        assert r["runs"] == 3 and r["min_seconds"] <= r["seconds"] <= r["max_seconds"]
+        assert r["speedup"] > 0 and r["time_ratio"] == pytest.approx(1 / r["speedup"])
+        if r["method"] == "materialised":
+            assert r["speedup"] == 1.0
+    assert torch.get_num_threads() == 1  # restored
+
+
+def test_cli_json_and_table():
+    proc = _cli("--sizes", "4", "--channels", "8", "--dim", "4", "--json", "--methods", "torch", "--repeats", "2")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["method"] for r in results] == ["materialised", "torch"] * 2
     for r in results:
-        assert r["time_ratio"] > 0
-        if r["method"] == "reference":
-            assert r["time_ratio"] == 1.0
+        assert r["peak_bytes"] >= 0 and r["runs"] == 2 and isinstance(r["flags"], list)
+    assert results[0]["memory_ratio"] == 1.0 or results[0]["peak_bytes"] == 0
     table = bench.format_table(results)
     assert table.count("\n") == 1 + len(results)
+    assert "speed-up vs materialised" in table
+
+
+def _result(method, backward, med, lo, hi):
+    return dict(method=method, H=4, scale=2, backward=backward, threads=1, device="cpu", seconds=med,
+                min_seconds=lo, max_seconds=hi, runs=5, peak_bytes=100)
+
+
+def test_flags_results_whose_spread_voids_the_ratio():
+    res = [_result("materialised", False, 1.0, 0.95, 1.05), _result("cpp", False, 0.1, 0.099, 0.101),
+           _result("torch", False, 0.5, 0.2, 1.5),
+           _result("materialised", True, 3.0, 2.9, 3.1), _result("cpp", True, 0.09, 0.08, 0.1),
+           _result("torch", True, 1.0, 0.9, 1.1)]
+    bench._add_ratios(res)
+    flags = {(r["method"], r["backward"]): r["flags"] for r in res}
+    assert flags[("materialised", False)] == [] and flags[("cpp", False)] == []
+    assert flags[("torch", False)] == ["spread"]
+    assert flags[("cpp", True)] == ["fwd+bwd<fwd"]
+    assert flags[("torch", True)] == []
+    assert res[1]["speedup"] == pytest.approx(10.0)
+    assert "spread" in bench.format_table(res)
+
+
+@pytest.mark.parametrize("args,match", [
+    (("--device", "cuda"), "CUDA is not available"),
+    (("--methods", "nosuch"), "--methods nosuch: unknown"),
+    (("--threads", "0"), "--threads must be positive"),
+])
+def test_cli_errors_are_one_line(args, match):
+    if args[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = _cli("--sizes", "4", *args)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sapa.bench: error:") and match in lines[0], proc.stderr
+
+
+def test_triton_without_triton_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "available_backends", lambda: ("reference", "torch"))
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--methods", "triton", "--device", "cpu"])
+    assert str(exc.value) == "sapa.bench: error: --methods triton: the triton package is not installed (pip install triton)"
+
+
+def test_triton_on_cpu_is_one_line(monkeypatch):
+    monkeypatch.setattr(bench, "available_backends", lambda: ("reference", "torch", "triton"))
+    with pytest.raises(SystemExit, match="needs --device cuda"):
+        bench.main(["--methods", "triton", "--device", "cpu"])

@@ -258,10 +258,13 @@ def test_bad_options(kwargs, exc, match):
         sapa.sapa_upsample(*_ok(), **kwargs)
 
 
-def test_auto_uses_torch_on_cpu():
+def test_auto_on_cpu_uses_cpp_when_it_builds_else_torch():
+    from sapa.backends import cpp
+
     q, k, v = _inputs(1, 3, 2, 4, 4, 8, 8)
+    expected = "cpp" if cpp.available(q) else "torch"
     torch.testing.assert_close(
-        sapa.sapa_upsample(q, k, v, backend="auto"), sapa.sapa_upsample(q, k, v, backend="torch"), rtol=0, atol=0
+        sapa.sapa_upsample(q, k, v, backend="auto"), sapa.sapa_upsample(q, k, v, backend=expected), rtol=0, atol=0
     )
 
 

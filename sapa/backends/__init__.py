@@ -3,7 +3,9 @@
 Built in: ``"reference"`` (:mod:`sapa.backends.reference`), ``"torch"``
 (:mod:`sapa.backends.pytorch`). Optional (imported on first use, tried once per process;
 the reason of a failed import is kept and shown when the backend is asked for):
-``"triton"`` (:mod:`sapa.backends.triton`, needs the ``triton`` package).
+``"triton"`` (:mod:`sapa.backends.triton`, needs the ``triton`` package), ``"cpp"``
+(:mod:`sapa.backends.cpp`, compiled C++ kernels for CPU tensors, built on first use; without
+a compiler it reports itself unavailable and ``"auto"`` uses ``"torch"``).
 
 Backend interface
 -----------------
@@ -70,7 +72,7 @@ class Backend:
 _BACKENDS: Dict[str, Backend] = {}
 
 #: the order in which ``backend="auto"`` asks the backends (first that accepts wins)
-AUTO_ORDER: Tuple[str, ...] = ("triton", "torch")
+AUTO_ORDER: Tuple[str, ...] = ("triton", "cpp", "torch")
 
 
 def register_backend(
@@ -136,6 +138,7 @@ def _module_loader(module: str) -> Callable[[], Backend]:
 #: optional backends: name -> loader (called once; an ImportError marks the backend missing)
 _OPTIONAL: Dict[str, Callable[[], Backend]] = {
     "triton": _load_triton,
+    "cpp": _module_loader("sapa.backends.cpp"),
 }
 _MISSING: Dict[str, str] = {}  # name -> why its import failed
 _loaded = False
@@ -201,6 +204,11 @@ def resolve_backend(backend: str, query: torch.Tensor) -> Backend:
         if backend == "triton":
             hint = (" (the Triton backend runs on CUDA tensors in float32/float16/bfloat16; on CPU "
                     "tensors only in a process started with TRITON_INTERPRET=1)")
+        elif backend == "cpp":
+            from .cpp import build_error
+
+            why = build_error()
+            hint = " (the C++ backend runs on CPU tensors in float32/float64" + (f"; {why})" if why else ")")
         raise ValueError(f"backend {backend!r} cannot run on {query.device} tensors of dtype {query.dtype}{hint}")
     return be
 
