@@ -10,19 +10,20 @@
 // contiguous memory and vectorises (GCC vector extensions, the target's widest vectors).
 //
 // Phase buffers have rows of Wb = Wr + 2R entries (Wr = W rounded up to the vector width);
-// low-res column b lives at index R + b and everything outside the map is zero. The padded
-// copies of key and value use the same row width (column b + dx of a padded row is column
-// b + dx - R of the map).
+// low-res column b lives at index R + b and everything outside the map is zero. The K
+// zero-padded key and value rows around a centre row are kept per thread in a ring of K
+// rows (moving to the next centre row copies one row): no padded copy of the maps.
 //
 // Forward, per group (parallel over B x H groups): gather the query into phases, logits
 // (reduction over d), normalisation, assembly (sum over the K*K window), scatter to NCHW.
 // Backward stage 1, per group: the same logits and weights, the gradient of the weights
-// (reduction over C with grad_out in phases), the normalisation's backward, the query
-// gradient; weights, logit gradients and the phase layouts of query and grad_out are kept.
-// Stage 2, per low-res row y of the key/value gradients (parallel over B x H rows): each
-// gradient entry is a sum over the K x K windows that contain it, read from stage 1's
-// buffers, so every thread writes only its own rows: no atomics, and the summation order
-// does not depend on the number of threads (bitwise repeatable).
+// (reduction over C with grad_out gathered into phases), the normalisation's backward, the
+// query gradient; the weights, the logit gradients and the query in phases are kept (K*K or
+// d numbers per output pixel). Stage 2, per low-res row y of the key/value gradients
+// (parallel over B x H rows): each gradient entry is a sum over the K x K windows that
+// contain it, read from stage 1's buffers and from grad_out re-gathered into a ring of K
+// groups, so every thread writes only its own rows: no atomics, and the summation order does
+// not depend on the number of threads (bitwise repeatable).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -136,7 +137,7 @@ constexpr double kNormEps = 1e-6;  // sapa.NORM_EPS
 // geometry shared by forward and backward
 // ---------------------------------------------------------------------------------------
 struct Geo {
-  int64_t B, d, C, H, W, Hq, Wq, K, R, KK, Wr, Wb, Hp, mr, mc, Pm;
+  int64_t B, d, C, H, W, Hq, Wq, K, R, KK, Wr, Wb, mr, mc, Pm;
   std::vector<int64_t> firstr;  // H + 1 entries: first output row of each centre row
   std::vector<int64_t> idxcol;  // Wq entries: phase-buffer index (v * Wb + R + b) of column j
   bool ignore;
@@ -156,7 +157,6 @@ struct Geo {
     KK = K * K;
     Wr = (W + L - 1) / L * L;
     Wb = Wr + 2 * R;
-    Hp = H + 2 * R;
     firstr.resize(H + 1);
     mr = 0;
     for (int64_t a = 0; a <= H; ++a) firstr[a] = (a * Hq + H - 1) / H;
@@ -176,12 +176,56 @@ struct Geo {
   int64_t nu(int64_t a) const { return firstr[a + 1] - firstr[a]; }
 };
 
-// zero-padded copy (B, c, H + 2R, Wb) of a (B, c, H, W) map
-at::Tensor pad_map(const at::Tensor& x, const Geo& g) {
-  at::Tensor out = at::zeros({x.size(0), x.size(1), g.Hp, g.Wb}, x.options());
-  out.narrow(2, g.R, g.H).narrow(3, g.R, g.W).copy_(x);
-  return out;
-}
+// K zero-padded low-res rows of a (B, c, H, W) map: row dy of channel c at
+// base + c * cstride + off[dy] (Wb entries, column b + dx of the padded row is column
+// b + dx - R of the map)
+template <typename T>
+struct Rows {
+  const T* base;
+  int64_t cstride;
+  const int64_t* off;
+};
+
+// the K padded rows around centre row a, kept in a ring of K slots: moving to a + 1 copies
+// one new row (no padded copy of the whole map, no page faults)
+template <typename T>
+struct RowRing {
+  const T* src;
+  int64_t c_n;
+  const Geo& g;
+  std::vector<T> buf;
+  std::vector<int64_t> off;
+  int64_t n = -1, a = -2;
+
+  RowRing(const T* src_, int64_t c_n_, const Geo& g_)
+      : src(src_), c_n(c_n_), g(g_), buf(c_n_ * g_.K * g_.Wb, T(0)), off(g_.K) {}
+
+  void load(int64_t n_, int64_t pr) {  // padded row pr of batch n_ into slot pr % K
+    const int64_t slot = pr % g.K, y = pr - g.R;
+    for (int64_t c = 0; c < c_n; ++c) {
+      T* dst = buf.data() + (c * g.K + slot) * g.Wb;
+      if (y < 0 || y >= g.H) {
+        std::fill(dst, dst + g.Wb, T(0));
+      } else {
+        std::fill(dst, dst + g.R, T(0));
+        std::memcpy(dst + g.R, src + ((n_ * c_n + c) * g.H + y) * g.W, g.W * sizeof(T));
+        std::fill(dst + g.R + g.W, dst + g.Wb, T(0));
+      }
+    }
+  }
+
+  Rows<T> at(int64_t n_, int64_t a_) {
+    if (n_ == n && a_ == a + 1) {
+      load(n_, a_ + 2 * g.R);
+    } else if (!(n_ == n && a_ == a)) {
+      for (int64_t dy = 0; dy < g.K; ++dy) load(n_, a_ + dy);
+    }
+    n = n_;
+    a = a_;
+    for (int64_t dy = 0; dy < g.K; ++dy) off[dy] = ((a_ + dy) % g.K) * g.Wb;
+    return Rows<T>{buf.data(), g.K * g.Wb, off.data()};
+  }
+};
 
 // one output row <-> its mc column phases (rows of Wb entries, column b at R + b)
 template <typename T, int MC>
@@ -222,19 +266,19 @@ void gather_phases(const T* src, T* dst, int64_t n, int64_t a, int64_t c_n, cons
 }
 
 // S[P][p][R + b] = sum_c X[c][P][R + b] * Y[c][a + dy][b + dx]   (P < nP, b < Wr)
-// X: phases (c_n, Pm, Wb); Y: padded map of batch n, (c_n, Hp, Wb). Logits (X = query,
-// Y = key) and weight gradients (X = grad_out, Y = value).
+// X: phases (c_n, Pm, Wb); Y: the padded rows around a. Logits (X = query, Y = key) and
+// weight gradients (X = grad_out, Y = value).
 template <typename T, int NB>
-inline void window_dot_block(const T* X, const T* Y, T* S, int64_t P0, int64_t a, int64_t c_n, const Geo& g) {
+inline void window_dot_block(const T* X, const Rows<T>& Y, T* S, int64_t P0, int64_t c_n, const Geo& g) {
   typedef typename VT<T>::V V;
   constexpr int L = VT<T>::L;
-  const int64_t rows = g.Hp * g.Wb, pstride = g.Pm * g.Wb;
+  const int64_t rows = Y.cstride, pstride = g.Pm * g.Wb;
   for (int64_t bv = 0; bv < g.Wr; bv += L) {
     for (int64_t dy = 0; dy < g.K; ++dy) {
       for (int64_t dx = 0; dx < g.K; ++dx) {
         V acc[NB];
         for (int t = 0; t < NB; ++t) acc[t] = vsplat<T>(0);
-        const T* y = Y + (a + dy) * g.Wb + bv + dx;
+        const T* y = Y.base + Y.off[dy] + bv + dx;
         const T* x = X + P0 * g.Wb + g.R + bv;
         for (int64_t c = 0; c < c_n; ++c) {
           V yv = vload(y + c * rows);
@@ -250,16 +294,16 @@ inline void window_dot_block(const T* X, const T* Y, T* S, int64_t P0, int64_t a
 
 // the same with the K offsets dx of a window row held in registers (K known at compile time)
 template <typename T, int NB, int KX>
-inline void window_dot_block_k(const T* X, const T* Y, T* S, int64_t P0, int64_t a, int64_t c_n, const Geo& g) {
+inline void window_dot_block_k(const T* X, const Rows<T>& Y, T* S, int64_t P0, int64_t c_n, const Geo& g) {
   typedef typename VT<T>::V V;
   constexpr int L = VT<T>::L;
-  const int64_t rows = g.Hp * g.Wb, pstride = g.Pm * g.Wb;
+  const int64_t rows = Y.cstride, pstride = g.Pm * g.Wb;
   for (int64_t bv = 0; bv < g.Wr; bv += L) {
     for (int64_t dy = 0; dy < KX; ++dy) {
       V acc[NB][KX];
       for (int t = 0; t < NB; ++t)
         for (int dx = 0; dx < KX; ++dx) acc[t][dx] = vsplat<T>(0);
-      const T* y = Y + (a + dy) * g.Wb + bv;
+      const T* y = Y.base + Y.off[dy] + bv;
       const T* x = X + P0 * g.Wb + g.R + bv;
       for (int64_t c = 0; c < c_n; ++c) {
         V xv[NB];
@@ -277,23 +321,23 @@ inline void window_dot_block_k(const T* X, const T* Y, T* S, int64_t P0, int64_t
 }
 
 template <typename T>
-void window_dot(const T* X, const T* Y, T* S, int64_t nP, int64_t a, int64_t c_n, const Geo& g) {
+void window_dot(const T* X, const Rows<T>& Y, T* S, int64_t nP, int64_t c_n, const Geo& g) {
   int64_t P = 0;
   if (g.K == 5) {
-    for (; P + 2 <= nP; P += 2) window_dot_block_k<T, 2, 5>(X, Y, S, P, a, c_n, g);
-    if (P < nP) window_dot_block_k<T, 1, 5>(X, Y, S, P, a, c_n, g);
+    for (; P + 2 <= nP; P += 2) window_dot_block_k<T, 2, 5>(X, Y, S, P, c_n, g);
+    if (P < nP) window_dot_block_k<T, 1, 5>(X, Y, S, P, c_n, g);
     return;
   }
   if (g.K == 3) {
-    for (; P + 3 <= nP; P += 3) window_dot_block_k<T, 3, 3>(X, Y, S, P, a, c_n, g);
-    for (; P < nP; ++P) window_dot_block_k<T, 1, 3>(X, Y, S, P, a, c_n, g);
+    for (; P + 3 <= nP; P += 3) window_dot_block_k<T, 3, 3>(X, Y, S, P, c_n, g);
+    for (; P < nP; ++P) window_dot_block_k<T, 1, 3>(X, Y, S, P, c_n, g);
     return;
   }
-  for (; P + 4 <= nP; P += 4) window_dot_block<T, 4>(X, Y, S, P, a, c_n, g);
+  for (; P + 4 <= nP; P += 4) window_dot_block<T, 4>(X, Y, S, P, c_n, g);
   switch (nP - P) {
-    case 3: window_dot_block<T, 3>(X, Y, S, P, a, c_n, g); break;
-    case 2: window_dot_block<T, 2>(X, Y, S, P, a, c_n, g); break;
-    case 1: window_dot_block<T, 1>(X, Y, S, P, a, c_n, g); break;
+    case 3: window_dot_block<T, 3>(X, Y, S, P, c_n, g); break;
+    case 2: window_dot_block<T, 2>(X, Y, S, P, c_n, g); break;
+    case 1: window_dot_block<T, 1>(X, Y, S, P, c_n, g); break;
     default: break;
   }
 }
@@ -302,16 +346,16 @@ void window_dot(const T* X, const T* Y, T* S, int64_t nP, int64_t a, int64_t c_n
 // then the phases are scattered to the NCHW rows of the output. Assembly (Wt = weights,
 // Y = value) and the query gradient (Wt = logit gradients, Y = key).
 template <typename T, int NB, int CB>
-inline void window_sum_block(const T* Wt, const T* Yc, T* O, int64_t P0, const Geo& g) {
+inline void window_sum_block(const T* Wt, const T* Yc, const Rows<T>& Y, T* O, int64_t P0, const Geo& g) {
   typedef typename VT<T>::V V;
   constexpr int L = VT<T>::L;
-  const int64_t ystride = g.Hp * g.Wb, ostride = g.Pm * g.Wb;
+  const int64_t ystride = Y.cstride, ostride = g.Pm * g.Wb;
   for (int64_t bv = 0; bv < g.Wr; bv += L) {
     V acc[CB][NB];
     for (int cb = 0; cb < CB; ++cb)
       for (int t = 0; t < NB; ++t) acc[cb][t] = vsplat<T>(0);
     for (int64_t dy = 0; dy < g.K; ++dy) {
-      const T* y = Yc + dy * g.Wb + bv;
+      const T* y = Yc + Y.off[dy] + bv;
       const T* w = Wt + (P0 * g.KK + dy * g.K) * g.Wb + g.R + bv;
       for (int64_t dx = 0; dx < g.K; ++dx) {
         V wv[NB];
@@ -328,28 +372,28 @@ inline void window_sum_block(const T* Wt, const T* Yc, T* O, int64_t P0, const G
 }
 
 template <typename T, int CB>
-inline void window_sum_phases(const T* Wt, const T* Yc, T* O, int64_t nP, const Geo& g) {
+inline void window_sum_phases(const T* Wt, const T* Yc, const Rows<T>& Y, T* O, int64_t nP, const Geo& g) {
   int64_t P = 0;
-  for (; P + 4 <= nP; P += 4) window_sum_block<T, 4, CB>(Wt, Yc, O, P, g);
+  for (; P + 4 <= nP; P += 4) window_sum_block<T, 4, CB>(Wt, Yc, Y, O, P, g);
   switch (nP - P) {
-    case 3: window_sum_block<T, 3, CB>(Wt, Yc, O, P, g); break;
-    case 2: window_sum_block<T, 2, CB>(Wt, Yc, O, P, g); break;
-    case 1: window_sum_block<T, 1, CB>(Wt, Yc, O, P, g); break;
+    case 3: window_sum_block<T, 3, CB>(Wt, Yc, Y, O, P, g); break;
+    case 2: window_sum_block<T, 2, CB>(Wt, Yc, Y, O, P, g); break;
+    case 1: window_sum_block<T, 1, CB>(Wt, Yc, Y, O, P, g); break;
     default: break;
   }
 }
 
 // O: scratch of 2 * Pm * Wb entries
 template <typename T>
-void window_sum_scatter(const T* Wt, const T* Y, T* out, int64_t n, int64_t a, int64_t c_n, T* O, const Geo& g) {
+void window_sum_scatter(const T* Wt, const Rows<T>& Y, T* out, int64_t n, int64_t a, int64_t c_n, T* O, const Geo& g) {
   const int64_t nu = g.nu(a), nP = nu * g.mc, i0 = g.firstr[a];
   for (int64_t c = 0; c < c_n; c += 2) {
-    const T* Yc = Y + (c * g.Hp + a) * g.Wb;
+    const T* Yc = Y.base + c * Y.cstride;
     const int cb_n = c + 2 <= c_n ? 2 : 1;
     if (cb_n == 2)
-      window_sum_phases<T, 2>(Wt, Yc, O, nP, g);
+      window_sum_phases<T, 2>(Wt, Yc, Y, O, nP, g);
     else
-      window_sum_phases<T, 1>(Wt, Yc, O, nP, g);
+      window_sum_phases<T, 1>(Wt, Yc, Y, O, nP, g);
     for (int cb = 0; cb < cb_n; ++cb)
       for (int64_t u = 0; u < nu; ++u)
         join_row(O + (cb * g.Pm + u * g.mc) * g.Wb, out + ((n * c_n + c + cb) * g.Hq + i0 + u) * g.Wq, g);
@@ -497,22 +541,22 @@ void normalize_backward(const T* S, const T* Wt, const T* Gw, T* Gl, int64_t nP,
 // forward
 // ---------------------------------------------------------------------------------------
 template <typename T>
-void forward_impl(const at::Tensor& q, const at::Tensor& kpad, const at::Tensor& vpad, at::Tensor& out,
-                  const Geo& g) {
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, const Geo& g) {
   const T* qp = q.data_ptr<T>();
-  const T* kp = kpad.data_ptr<T>();
-  const T* vp = vpad.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const std::vector<T> colmask = column_mask<T>(g);
   at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> qph(g.d * g.Pm * g.Wb, T(0)), S(g.Pm * g.KK * g.Wb, T(0)), Wt(g.Pm * g.KK * g.Wb, T(0)),
         O(2 * g.Pm * g.Wb, T(0));
+    RowRing<T> kring(kp, g.d, g), vring(vp, g.C, g);
     for (int64_t grp = begin; grp < end; ++grp) {
       const int64_t n = grp / g.H, a = grp % g.H, nP = g.nu(a) * g.mc;
       gather_phases(qp, qph.data(), n, a, g.d, g);
-      window_dot(qph.data(), kp + n * g.d * g.Hp * g.Wb, S.data(), nP, a, g.d, g);
+      window_dot(qph.data(), kring.at(n, a), S.data(), nP, g.d, g);
       normalize(S.data(), Wt.data(), nP, a, colmask.data(), g);
-      window_sum_scatter(Wt.data(), vp + n * g.C * g.Hp * g.Wb, op, n, a, g.C, O.data(), g);
+      window_sum_scatter(Wt.data(), vring.at(n, a), op, n, a, g.C, O.data(), g);
     }
   });
 }
@@ -520,30 +564,29 @@ void forward_impl(const at::Tensor& q, const at::Tensor& kpad, const at::Tensor&
 // ---------------------------------------------------------------------------------------
 // backward
 // ---------------------------------------------------------------------------------------
-// stage 2: G[n][y][x] (one map of c_n channels, unpadded NCHW) = sum over the windows that
-// contain (y, x) of A[n][a][P][p][R + b] * X[n][a][c][P][R + b], with a = y + R - dy and
-// b = x + R - dx.
+// stage 2: G[n][:, y, :] (c_n channels, unpadded NCHW) = sum over the windows that contain
+// (y, x) of A_a[P][p][R + b] * X_a[c][P][R + b], with a = y + R - dy, p = (dy, dx) and
+// b = x + R - dx. Ag[dy], Xg[dy]: the buffers of group a (nullptr outside the map).
 template <typename T, int NB>
-inline void scatter_rows_block(const T* A, const T* X, T* G, int64_t n, int64_t y, int64_t c0, int64_t c_n,
-                               T* tmp, const Geo& g) {
+inline void scatter_rows_block(const T* const* Ag, const T* const* Xg, T* G, int64_t n, int64_t y, int64_t c0,
+                               int64_t c_n, T* tmp, const Geo& g) {
   typedef typename VT<T>::V V;
   constexpr int L = VT<T>::L;
-  const int64_t grp_a = g.Pm * g.KK * g.Wb, grp_x = c_n * g.Pm * g.Wb;
+  const int64_t cstride = g.Pm * g.Wb;
   for (int64_t xv = 0; xv < g.Wr; xv += L) {
     V acc[NB];
     for (int t = 0; t < NB; ++t) acc[t] = vsplat<T>(0);
     for (int64_t dy = 0; dy < g.K; ++dy) {
-      const int64_t a = y + g.R - dy;
-      if (a < 0 || a >= g.H) continue;
-      const int64_t nP = g.nu(a) * g.mc;
-      const T* Ag = A + (n * g.H + a) * grp_a;
-      const T* Xg = X + (n * g.H + a) * grp_x + c0 * g.Pm * g.Wb;
+      if (Ag[dy] == nullptr) continue;
+      const int64_t nP = g.nu(y + g.R - dy) * g.mc;
+      const T* A = Ag[dy];
+      const T* X = Xg[dy] + c0 * cstride;
       for (int64_t P = 0; P < nP; ++P) {
         for (int64_t dx = 0; dx < g.K; ++dx) {
           const int64_t col = xv + 2 * g.R - dx;
-          V av = vload(Ag + (P * g.KK + dy * g.K + dx) * g.Wb + col);
-          const T* xp = Xg + P * g.Wb + col;
-          for (int t = 0; t < NB; ++t) acc[t] += av * vload(xp + t * g.Pm * g.Wb);
+          V av = vload(A + (P * g.KK + dy * g.K + dx) * g.Wb + col);
+          const T* xp = X + P * g.Wb + col;
+          for (int t = 0; t < NB; ++t) acc[t] += av * vload(xp + t * cstride);
         }
       }
     }
@@ -554,64 +597,93 @@ inline void scatter_rows_block(const T* A, const T* X, T* G, int64_t n, int64_t 
 }
 
 template <typename T>
-void scatter_rows(const T* A, const T* X, T* G, int64_t n, int64_t y, int64_t c_n, T* tmp, const Geo& g) {
+void scatter_rows(const T* const* Ag, const T* const* Xg, T* G, int64_t n, int64_t y, int64_t c_n, T* tmp,
+                  const Geo& g) {
   int64_t c = 0;
-  for (; c + 8 <= c_n; c += 8) scatter_rows_block<T, 8>(A, X, G, n, y, c, c_n, tmp, g);
-  for (; c + 4 <= c_n; c += 4) scatter_rows_block<T, 4>(A, X, G, n, y, c, c_n, tmp, g);
-  for (; c + 2 <= c_n; c += 2) scatter_rows_block<T, 2>(A, X, G, n, y, c, c_n, tmp, g);
-  for (; c < c_n; ++c) scatter_rows_block<T, 1>(A, X, G, n, y, c, c_n, tmp, g);
+  for (; c + 8 <= c_n; c += 8) scatter_rows_block<T, 8>(Ag, Xg, G, n, y, c, c_n, tmp, g);
+  for (; c + 4 <= c_n; c += 4) scatter_rows_block<T, 4>(Ag, Xg, G, n, y, c, c_n, tmp, g);
+  for (; c + 2 <= c_n; c += 2) scatter_rows_block<T, 2>(Ag, Xg, G, n, y, c, c_n, tmp, g);
+  for (; c < c_n; ++c) scatter_rows_block<T, 1>(Ag, Xg, G, n, y, c, c_n, tmp, g);
 }
 
 template <typename T>
-void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& kpad, const at::Tensor& vpad,
+void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    at::Tensor& gq, at::Tensor& gk, at::Tensor& gv, bool need_q, bool need_k, bool need_v,
                    const Geo& g) {
   const T* gop = go.data_ptr<T>();
   const T* qp = q.data_ptr<T>();
-  const T* kp = kpad.data_ptr<T>();
-  const T* vp = vpad.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
   const std::vector<T> colmask = column_mask<T>(g);
-  const int64_t grp_w = g.Pm * g.KK * g.Wb;
+  const int64_t grp_w = g.Pm * g.KK * g.Wb, grp_q = g.d * g.Pm * g.Wb, grp_g = g.C * g.Pm * g.Wb;
   auto opts = q.options();
-  // stage-1 results per group (zeros outside the valid entries)
+  // stage-1 results per group (zeros outside the valid entries): weights, logit gradients,
+  // query in phases; small next to the maps (K*K or d numbers per output pixel)
   at::Tensor Wbuf = need_v ? at::zeros({g.B * g.H * grp_w}, opts) : at::Tensor();
   at::Tensor GLbuf = need_k ? at::zeros({g.B * g.H * grp_w}, opts) : at::Tensor();
-  at::Tensor Qbuf = at::zeros({g.B * g.H * g.d * g.Pm * g.Wb}, opts);
-  at::Tensor Gbuf = at::zeros({g.B * g.H * g.C * g.Pm * g.Wb}, opts);
+  at::Tensor Qbuf = need_k ? at::zeros({g.B * g.H * grp_q}, opts) : at::Tensor();
   T* Wp = need_v ? Wbuf.data_ptr<T>() : nullptr;
   T* GLp = need_k ? GLbuf.data_ptr<T>() : nullptr;
-  T* Qp = Qbuf.data_ptr<T>();
-  T* Gp = Gbuf.data_ptr<T>();
+  T* Qp = need_k ? Qbuf.data_ptr<T>() : nullptr;
   T* gqp = need_q ? gq.data_ptr<T>() : nullptr;
   const bool need_gl = need_q || need_k;
 
   at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> S(grp_w, T(0)), Wl(grp_w, T(0)), Gw(grp_w, T(0)), Gl(grp_w, T(0)), O(2 * g.Pm * g.Wb, T(0));
+    std::vector<T> ql(need_k ? 0 : grp_q, T(0)), gph(need_gl ? grp_g : 0, T(0));
+    RowRing<T> kring(kp, g.d, g), vring(vp, g.C, g);
     for (int64_t grp = begin; grp < end; ++grp) {
       const int64_t n = grp / g.H, a = grp % g.H, nP = g.nu(a) * g.mc;
-      T* qph = Qp + grp * g.d * g.Pm * g.Wb;
-      T* gph = Gp + grp * g.C * g.Pm * g.Wb;
+      T* qph = need_k ? Qp + grp * grp_q : ql.data();
       T* w = need_v ? Wp + grp * grp_w : Wl.data();
       T* gl = need_k ? GLp + grp * grp_w : Gl.data();
       gather_phases(qp, qph, n, a, g.d, g);
-      gather_phases(gop, gph, n, a, g.C, g);
-      window_dot(qph, kp + n * g.d * g.Hp * g.Wb, S.data(), nP, a, g.d, g);
+      const Rows<T> krows = kring.at(n, a);
+      window_dot(qph, krows, S.data(), nP, g.d, g);
       normalize(S.data(), w, nP, a, colmask.data(), g);
       if (need_gl) {
-        window_dot(gph, vp + n * g.C * g.Hp * g.Wb, Gw.data(), nP, a, g.C, g);
+        gather_phases(gop, gph.data(), n, a, g.C, g);
+        window_dot(gph.data(), vring.at(n, a), Gw.data(), nP, g.C, g);
         normalize_backward(S.data(), w, Gw.data(), gl, nP, a, colmask.data(), g);
-        if (need_q) window_sum_scatter(gl, kp + n * g.d * g.Hp * g.Wb, gqp, n, a, g.d, O.data(), g);
+        if (need_q) window_sum_scatter(gl, krows, gqp, n, a, g.d, O.data(), g);
       }
     }
   });
+  if (!(need_k || need_v)) return;
   T* gkp = need_k ? gk.data_ptr<T>() : nullptr;
   T* gvp = need_v ? gv.data_ptr<T>() : nullptr;
   at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> tmp(8 * g.Wr);
+    // grad_out in phases for the K groups around y, in a ring of K slots
+    std::vector<T> gring(need_v ? g.K * grp_g : 0, T(0));
+    std::vector<const T*> Ag(g.K), Xg(g.K);
+    int64_t ring_n = -1, ring_last = -1;  // groups <= ring_last of batch ring_n are loaded
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.H, y = row % g.H;
-      if (need_v) scatter_rows(Wp, Gp, gvp, n, y, g.C, tmp.data(), g);
-      if (need_k) scatter_rows(GLp, Qp, gkp, n, y, g.d, tmp.data(), g);
+      if (need_v) {
+        int64_t first = std::max<int64_t>(0, y - g.R);
+        if (n == ring_n) first = std::max(first, ring_last + 1);
+        const int64_t last = std::min<int64_t>(g.H - 1, y + g.R);
+        for (int64_t a = first; a <= last; ++a) gather_phases(gop, gring.data() + (a % g.K) * grp_g, n, a, g.C, g);
+        ring_n = n;
+        ring_last = last;
+        for (int64_t dy = 0; dy < g.K; ++dy) {
+          const int64_t a = y + g.R - dy;
+          const bool in = a >= 0 && a < g.H;
+          Ag[dy] = in ? Wp + (n * g.H + a) * grp_w : nullptr;
+          Xg[dy] = in ? gring.data() + (a % g.K) * grp_g : nullptr;
+        }
+        scatter_rows(Ag.data(), Xg.data(), gvp, n, y, g.C, tmp.data(), g);
+      }
+      if (need_k) {
+        for (int64_t dy = 0; dy < g.K; ++dy) {
+          const int64_t a = y + g.R - dy;
+          const bool in = a >= 0 && a < g.H;
+          Ag[dy] = in ? GLp + (n * g.H + a) * grp_w : nullptr;
+          Xg[dy] = in ? Qp + (n * g.H + a) * grp_q : nullptr;
+        }
+        scatter_rows(Ag.data(), Xg.data(), gkp, n, y, g.d, tmp.data(), g);
+      }
     }
   });
 }
@@ -637,11 +709,12 @@ int lanes(const at::Tensor& q) { return q.scalar_type() == at::kFloat ? VT<float
 at::Tensor sapa_forward(at::Tensor q, at::Tensor k, at::Tensor v, int64_t K, int64_t norm, bool ignore) {
   check_inputs(q, k, v, K, norm);
   q = q.contiguous();
+  k = k.contiguous();
+  v = v.contiguous();
   Geo g(q, k, v, K, ignore, static_cast<int>(norm), lanes(q));
   at::Tensor out = at::empty({g.B, g.C, g.Hq, g.Wq}, v.options());
   if (out.numel() == 0) return out;
-  at::Tensor kpad = pad_map(k, g), vpad = pad_map(v, g);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sapa_forward", [&] { forward_impl<scalar_t>(q, kpad, vpad, out, g); });
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sapa_forward", [&] { forward_impl<scalar_t>(q, k, v, out, g); });
   return out;
 }
 
@@ -651,10 +724,12 @@ std::vector<at::Tensor> sapa_backward(at::Tensor go, at::Tensor q, at::Tensor k,
   TORCH_CHECK(go.scalar_type() == q.scalar_type(), "sapa_cpu: grad_out dtype");
   go = go.contiguous();
   q = q.contiguous();
+  k = k.contiguous();
+  v = v.contiguous();
   Geo g(q, k, v, K, ignore, static_cast<int>(norm), lanes(q));
   TORCH_CHECK(go.dim() == 4 && go.size(0) == g.B && go.size(1) == g.C && go.size(2) == g.Hq && go.size(3) == g.Wq,
               "sapa_cpu: grad_out shape");
-  at::Tensor gq = need_q ? at::zeros_like(q) : at::Tensor();
+  at::Tensor gq = need_q ? at::zeros_like(q) : at::Tensor();  // every row is written; zeros if C == 0
   at::Tensor gk = need_k ? at::empty_like(k, at::MemoryFormat::Contiguous) : at::Tensor();
   at::Tensor gv = need_v ? at::empty_like(v, at::MemoryFormat::Contiguous) : at::Tensor();
   if (!(need_q || need_k || need_v)) return {gq, gk, gv};
@@ -663,9 +738,8 @@ std::vector<at::Tensor> sapa_backward(at::Tensor go, at::Tensor q, at::Tensor k,
     if (need_v) gv.zero_();
     return {gq, gk, gv};
   }
-  at::Tensor kpad = pad_map(k, g), vpad = pad_map(v, g);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sapa_backward", [&] {
-    backward_impl<scalar_t>(go, q, kpad, vpad, gq, gk, gv, need_q, need_k, need_v, g);
+    backward_impl<scalar_t>(go, q, k, v, gq, gk, gv, need_q, need_k, need_v, g);
   });
   return {gq, gk, gv};
 }
