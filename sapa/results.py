@@ -124,7 +124,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
         model = Segmenter(_num_classes(cfg, sd), cfg["upsampler"], width=int(cfg["width"]),
                           stages=int(cfg.get("stages", 4)), decoder_width=decoder_width,
                           upsampler_options=dict(cfg.get("upsampler_options") or {}),
-                          skip_fusion=cfg.get("skip_fusion", "concat"))
+                          skip_fusion=cfg.get("skip_fusion", "concat"), head=cfg.get("head", "unet"))
     except (ValueError, TypeError, IndexError) as e:
         raise CheckpointError(f"{path}: describes no Segmenter this sapa can build ({e})") from e
     try:

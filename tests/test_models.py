@@ -79,3 +79,19 @@ def test_bilinear_conv_matches_carafe_params_and_starts_as_bilinear(one_thread):
     assert "bilinear+conv" in available_segmenter_upsamplers()
     seg = Segmenter(3, "bilinear+conv", width=4, decoder_width=8, head="segformer")
     assert seg(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+
+
+def test_segformer_run_exports_and_loads(tmp_path, one_thread):
+    from sapa.results import export_model, load_model
+    from sapa.train import train
+
+    run = tmp_path / "run"
+    result = train(dict(upsampler="bilinear+conv", head="segformer", dataset="textures", profile="quick", size=16,
+                        train_samples=8, val_samples=4, epochs=1, batch_size=4, width=4, decoder_width=8, stages=3,
+                        max_steps_per_epoch=1, out=str(run), progress=False))
+    dest = export_model(run, tmp_path / "m.safetensors")
+    model = load_model(dest)
+    assert model.head_arm == "segformer" and model.upsampler_name == "bilinear+conv"
+    image = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), result["model"].eval()(image))
