@@ -82,7 +82,7 @@ CSV_COLUMNS = ["group", "setting", "upsampler", "options", "seed", "miou", "boun
                "run", "config_id", "config"]
 
 #: settings that do not change a run's numbers (left out of its config_id)
-_NOT_DEFINING = ("out", "progress", "threads", "num_workers", "device", "resume", "download", "epochs", "profile")
+_NOT_DEFINING = ("out", "progress", "threads", "num_workers", "device", "resume", "download", "profile")
 
 #: the task of the stored results (book/results/main.csv, table6.csv): the boundary-dominated
 #: procedural task, the SegFormer-like head, trained to convergence (plateau schedule)

@@ -150,3 +150,13 @@ def test_cli_commands_estimate_and_json(tmp_path, capsys):
         assert e.value.code == 2
         assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_config_id_covers_the_defining_settings():
+    base = dict(TINY, upsampler="sapa-b", seed=0, upsampler_options={})
+    cid, defining = sweep._config_id(base)
+    assert sweep._config_id(dict(base, threads=2, progress=True, out="/elsewhere"))[0] == cid
+    for change in (dict(epochs=2), dict(lr=1e-3), dict(seed=1), dict(head="segformer"),
+                   dict(upsampler_options={"kernel_size": 3}), dict(dataset="textures")):
+        assert sweep._config_id(dict(base, **change))[0] != cid, change
+    assert defining["upsampler"] == "sapa-b" and "out" not in defining
