@@ -5,7 +5,8 @@ names the argument and the shapes (or values) it saw.
 """
 from __future__ import annotations
 
-from typing import Iterable
+import operator
+from typing import Iterable, Sequence, Tuple
 
 import torch
 
@@ -40,22 +41,44 @@ def check_tensor(name: str, t, ndim: int = 4) -> torch.Tensor:
     return t
 
 
+def _as_int(name: str, v) -> int:
+    """``v`` as a Python int if it is an integer (int, numpy integer, 0-d integer tensor...), not a bool."""
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
+
+
 def check_kernel_size(kernel_size) -> int:
-    """Check that the window size is a positive odd integer."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
-        raise TypeError(f"kernel_size must be an int, got {type(kernel_size).__name__}")
+    """Return the window size as an int if it is a positive odd integer, else raise."""
+    kernel_size = _as_int("kernel_size", kernel_size)
     if kernel_size <= 0 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
     return kernel_size
 
 
 def check_positive_int(name: str, v) -> int:
-    """Return ``v`` if it is a positive int (not a bool), else raise naming ``name``."""
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    """Return ``v`` as an int if it is a positive integer (``operator.index``: int, np.int64...;
+    not a bool), else raise naming ``name``."""
+    v = _as_int(name, v)
     if v <= 0:
         raise ValueError(f"{name} must be positive, got {v}")
     return v
+
+
+def check_size(name: str, size) -> Tuple[int, int]:
+    """Return ``size`` as a pair of positive ints (H', W'), else raise naming ``name``."""
+    if isinstance(size, (str, bytes)) or not isinstance(size, (Sequence, torch.Size)):
+        raise TypeError(f"{name} must be a pair of ints (H', W'), got {type(size).__name__}")
+    if len(size) != 2:
+        raise ValueError(f"{name} must be a pair of ints (H', W'), got {tuple(size)}")
+    if isinstance(size, torch.Size):  # a tensor's size: ints (symbolic while traced: keep them so)
+        if size[0] <= 0 or size[1] <= 0:
+            raise ValueError(f"{name} must be positive, got {tuple(size)}")
+        return size[0], size[1]
+    return check_positive_int(f"{name}[0]", size[0]), check_positive_int(f"{name}[1]", size[1])
 
 
 def check_qkv(query, key, value) -> None:
@@ -86,8 +109,10 @@ def check_qkv(query, key, value) -> None:
             f"query must be at least as large as key (H' >= H and W' >= W): "
             f"query {qs}, key {ks}"
         )
-    if min(qs[2:] + ks[2:]) <= 0 or min(qs[:2] + vs[1:2]) <= 0:
-        raise ValueError(f"empty tensors are not supported: query {qs}, key {ks}, value {vs}")
+    if min(qs[1:] + ks[2:] + vs[1:2]) <= 0:  # an empty batch (B = 0) is fine
+        raise ValueError(
+            f"empty tensors are not supported except for batch size 0: query {qs}, key {ks}, value {vs}"
+        )
     dtypes = {query.dtype, key.dtype, value.dtype}
     if len(dtypes) != 1:
         raise TypeError(

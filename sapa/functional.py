@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 
 from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_qkv, check_tensor
-from .backends import Backend, check_backend_name, resolve_backend
+from . import library as _library  # noqa: F401  (registers the sapa:: ops)
+from .backends import get_backend, has_backward, resolve_backend_name
 from .backends.reference import reference_weights
 from .normalize import compute_dtype
 
@@ -46,25 +47,6 @@ def sapa_kernels(
     check_choice("padding", padding, PADDINGS)
     ct = compute_dtype(query.dtype)
     return reference_weights(query.to(ct), key.to(ct), kernel_size, normalization, padding).to(query.dtype)
-
-
-class _SapaFn(torch.autograd.Function):
-    """Autograd glue around a backend's forward and backward functions."""
-
-    @staticmethod
-    def forward(ctx, query, key, value, kernel_size, normalization, padding, be: Backend):
-        out, stat = be.forward(query, key, value, kernel_size, normalization, padding)
-        ctx.save_for_backward(query, key, value, out, stat)
-        ctx.cfg = (kernel_size, normalization, padding, be)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        query, key, value, out, stat = ctx.saved_tensors
-        kernel_size, normalization, padding, be = ctx.cfg
-        grads = be.backward(grad_out, query, key, value, out, stat, kernel_size, normalization, padding,
-                            tuple(ctx.needs_input_grad[:3]))
-        return (*grads, None, None, None, None)
 
 
 def sapa_upsample(
@@ -91,7 +73,13 @@ def sapa_upsample(
             (see ``sapa.available_backends()``).
 
     Returns:
-        (B, C, H', W'), dtype of the inputs. Half-precision inputs are accumulated in float32.
+        (B, C, H', W'), dtype of the inputs, channels-last when ``value`` is (as convolutions
+        do). Half-precision inputs are accumulated in float32. B = 0 gives an empty output.
+
+    The fast backends run as the ``torch.library`` op ``sapa::upsample`` (``sapa.library``),
+    so ``torch.compile`` (``fullgraph=True``, ``dynamic=True``), ``torch.export``, meta and
+    fake tensors and ``torch.func`` transforms see one opaque op with a shape function; the
+    ONNX exporters get the reference formulation (standard ops) instead.
 
     The window centre of output pixel (i, j) is (floor(i*H/H'), floor(j*W/W')), so any
     H' >= H, W' >= W works (e.g. a skip connection of size 2H+1).
@@ -100,8 +88,29 @@ def sapa_upsample(
     kernel_size = check_kernel_size(kernel_size)
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_choice("padding", padding, PADDINGS)
-    check_backend_name(backend)
-    be = resolve_backend(backend, query)
-    if be.backward is None:
-        return be.forward(query, key, value, kernel_size, normalization, padding)[0]
-    return _SapaFn.apply(query, key, value, kernel_size, normalization, padding, be)
+    name = resolve_backend_name(backend, query.device.type, query.dtype)
+    if torch.onnx.is_in_onnx_export():
+        # the exporters get standard ops (unfold, einsum, softmax), not the opaque sapa:: op
+        name = "reference"
+    if has_backward(name):
+        args = (query, key, value, kernel_size, normalization, padding, name)
+        if not torch.compiler.is_compiling() and _under_functorch(query, key, value):
+            out = _library.UpsampleFunction.apply(*args)[0]  # torch.func.grad / jacrev / vmap
+        else:
+            out = torch.ops.sapa.upsample(*args)[0]
+    else:  # made of differentiable PyTorch ops: autograd and the compiler see through it
+        out = get_backend(name).forward(query, key, value, kernel_size, normalization, padding)[0]
+    if _is_channels_last(value):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _under_functorch(*tensors: torch.Tensor) -> bool:
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """True for a 4-d tensor stored channels-last (and not also plainly contiguous)."""
+    if torch._C._functorch.is_batchedtensor(t):  # inside vmap: memory formats cannot be queried
+        return False
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_tensor
 from ._checks import check_positive_int as _positive_int
+from .backends import check_backend_name
 from .functional import sapa_kernels, sapa_upsample
 from .windows import nearest_upsample_to
 
@@ -42,22 +43,45 @@ def _init_linear(linear: nn.Linear) -> None:
 
 
 class SAPA(nn.Module):
-    """Similarity-Aware Point Affiliation upsampler.
+    """Similarity-Aware Point Affiliation upsampler (a drop-in for ``F.interpolate``).
 
     ``forward(x, y)`` upsamples the low-res feature x (B, in_channels, H, W) to the size of
-    the high-res guide y (B, guide_channels, H', W') and returns (B, in_channels, H', W').
+    the high-res guide y (B, guide_channels, H', W') and returns (B, in_channels, H', W')
+    (any H' >= H, W' >= W; channels-last when x is). The value that is upsampled is always
+    the raw x; the kernels come from the similarity of y's and x's embeddings.
 
-    Variants (paper Sec. 4.2 and Table 6):
+    Args:
+        in_channels: C, channels of x (and of the output). Any integer type (e.g. ``np.int64``).
+        guide_channels: channels of the guide y; ``None`` means ``in_channels``.
+        variant: how query and key are embedded (paper Sec. 4.2 and Table 6):
 
-    * ``"I"``: inner product of the LayerNorm-ed features themselves (needs
-      ``guide_channels == in_channels``; ``embedding_dim`` is then ``in_channels``).
-    * ``"B"``: low-rank bilinear: q = P_y LN(y), k = P_x LN(x) (the default).
-    * ``"P"``: plain addition: q = P [LN(y); nearest_up(x)] (the gate of "G" removed).
-    * ``"G"``: gated: q = g * P_y LN(y) + (1 - g) * P_xx nearest_up(x),
-      g = sigmoid(P_g LN(x)) nearest-upsampled.
+            * ``"I"``: inner product of the LayerNorm-ed features themselves (needs
+              ``guide_channels == in_channels``; ``embedding_dim`` is then ``in_channels``).
+            * ``"B"``: low-rank bilinear: q = P_y LN(y), k = P_x LN(x) (the default).
+            * ``"P"``: plain addition: q = P [LN(y); nearest_up(x)] (the gate of "G" removed).
+            * ``"G"``: gated: q = g * P_y LN(y) + (1 - g) * P_xx nearest_up(x),
+              g = sigmoid(P_g LN(x)) nearest-upsampled.
+        kernel_size: K, the odd side of the K x K window of low-res pixels around each
+            output pixel's centre (5 in the paper).
+        embedding_dim: d, channels of query and key (32 in the paper; ignored by "I").
+        normalization: how similarities become kernel weights: ``"softmax"`` (the paper),
+            ``"relu"``, ``"sigmoid"``, ``"softplus"`` (w = h(s) / (sum h(s) + eps)) or
+            ``"none"`` (the raw similarities).
+        padding: window positions outside the low-res map. ``"zeros"`` (the official code
+            and the default) counts them as pixels of value 0 and logit 0 that take part in
+            the normalisation, so the output is darkened at the borders: a constant map of
+            ones comes out as 0.36 in the corners for K = 5 (9 of 25 window positions inside)
+            and 0.6 along the edges. ``"ignore"`` leaves them out of the normalisation, so a
+            constant map stays constant: ``SAPA(C, C_y, padding="ignore")``.
+        backend: ``"auto"`` (fused Triton kernels for CUDA tensors when Triton is installed,
+            otherwise the memory-efficient PyTorch path), ``"torch"``, ``"reference"``
+            (unfold + einsum, the test oracle) or ``"triton"``; see
+            ``sapa.available_backends()``. Checked here: an unknown name, or ``"triton"``
+            without Triton installed, raises a ValueError that says so.
 
-    The value is always the raw x. Linear weights use trunc-normal(std=0.02) and zero bias,
-    LayerNorms weight 1 and bias 0, as in the official code.
+    Linear weights use trunc-normal(std=0.02) and zero bias, LayerNorms weight 1 and bias 0,
+    as in the official code. ``torch.compile`` (also ``fullgraph=True``, ``dynamic=True``),
+    ``torch.export``, the ONNX exporters and ``torch.func`` transforms work on it.
     """
 
     def __init__(
@@ -75,12 +99,11 @@ class SAPA(nn.Module):
         in_channels = _positive_int("in_channels", in_channels)
         guide_channels = in_channels if guide_channels is None else _positive_int("guide_channels", guide_channels)
         check_choice("variant", variant, VARIANTS)
-        check_kernel_size(kernel_size)
+        kernel_size = check_kernel_size(kernel_size)
         embedding_dim = _positive_int("embedding_dim", embedding_dim)
         check_choice("normalization", normalization, NORMALIZATIONS)
         check_choice("padding", padding, PADDINGS)
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+        check_backend_name(backend)
         if variant == "I" and guide_channels != in_channels:
             raise ValueError(
                 f"variant 'I' compares features directly and needs guide_channels == in_channels, "

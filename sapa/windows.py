@@ -10,6 +10,8 @@ from typing import Tuple
 
 import torch
 
+from ._checks import check_size
+
 __all__ = ["window_centres", "nearest_upsample_to", "max_per_centre"]
 
 
@@ -35,8 +37,12 @@ def nearest_upsample_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
     Output pixel (i, j) copies x[..., floor(i*H/H'), floor(j*W/W')], exactly the window centre
     used by :func:`sapa.sapa_upsample` (``F.interpolate(mode="nearest")`` can differ by one
-    pixel for some sizes because it works in floating point).
+    pixel for some sizes because it works in floating point). ``size`` is a pair of
+    positive ints (any integer type).
     """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise TypeError(f"x must be a 4-d tensor (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    size = check_size("size", size)
     H, W = x.shape[-2:]
     rows = window_centres(size[0], H, x.device)
     cols = window_centres(size[1], W, x.device)

@@ -176,3 +176,44 @@ def test_autocast_bfloat16():
         out = m(x, y)
     assert out.shape == (2, 8, 9, 8) and out.dtype == torch.float32
     torch.testing.assert_close(out, m(x, y), atol=0.1, rtol=0.1)
+
+
+def test_numpy_integer_arguments():
+    np = pytest.importorskip("numpy")
+    m = sapa.SAPA(np.int64(8), np.int32(4), kernel_size=np.int64(3), embedding_dim=np.int16(6))
+    assert (m.in_channels, m.guide_channels, m.kernel_size, m.embedding_dim) == (8, 4, 3, 6)
+    assert all(type(v) is int for v in (m.in_channels, m.guide_channels, m.kernel_size, m.embedding_dim))
+    assert m(torch.randn(1, 8, 3, 3), torch.randn(1, 4, 6, 6)).shape == (1, 8, 6, 6)
+    with pytest.raises(TypeError, match="in_channels must be an int, got bool"):
+        sapa.SAPA(True)
+
+
+def test_backend_checked_at_construction():
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+        sapa.SAPA(8, 4, backend="cuda")
+    with pytest.raises(TypeError, match="backend must be a string"):
+        sapa.SAPA(8, 4, backend=None)
+    for name in sapa.available_backends():
+        assert sapa.SAPA(8, 4, backend=name).backend == name
+
+
+def test_docstring_documents_every_constructor_argument():
+    import inspect
+
+    doc = sapa.SAPA.__doc__
+    for name in inspect.signature(sapa.SAPA.__init__).parameters:
+        if name != "self":
+            assert f"    {name}: " in doc, name
+    assert 'padding="ignore"' in doc and "0.36" in doc
+
+
+def test_zero_padding_darkens_borders_ignore_does_not():
+    """The documented numbers: a constant map of ones, K = 5, 2x upsampling."""
+    x, y = torch.ones(1, 8, 6, 6), torch.randn(1, 4, 12, 12)
+    for variant in ("B", "G"):
+        out = sapa.SAPA(8, 4, variant=variant)(x, y)  # LN(constant) = 0: uniform softmax weights
+        torch.testing.assert_close(out[0, :, 0, 0], torch.full((8,), 9 / 25))  # 0.36 in a corner
+        torch.testing.assert_close(out[0, :, 0, 5], torch.full((8,), 15 / 25))  # 0.6 along an edge
+        torch.testing.assert_close(out[0, :, 5, 5], torch.ones(8))
+        kept = sapa.SAPA(8, 4, variant=variant, padding="ignore")(x, y)
+        torch.testing.assert_close(kept, torch.ones_like(kept))

@@ -291,3 +291,26 @@ def test_sapa_kernels_reassemble_the_output(normalization, padding):
     torch.testing.assert_close((w[:, None] * v_unf).sum(2), sapa.sapa_upsample(q, k, v, K, normalization, padding))
     if normalization == "softmax":
         torch.testing.assert_close(w.sum(1), torch.ones(2, 9, 11, dtype=w.dtype))
+
+
+@pytest.mark.parametrize(
+    "size,exc,match",
+    [
+        ((0, 5), ValueError, r"size\[0\] must be positive, got 0"),
+        ((4, -1), ValueError, r"size\[1\] must be positive"),
+        ((4,), ValueError, r"size must be a pair of ints.*\(4,\)"),
+        (8, TypeError, "size must be a pair of ints"),
+        ((4.0, 4), TypeError, r"size\[0\] must be an int, got float"),
+    ],
+)
+def test_nearest_upsample_to_validates_size(size, exc, match):
+    with pytest.raises(exc, match=match):
+        sapa.nearest_upsample_to(torch.randn(1, 2, 3, 3), size)
+
+
+def test_nearest_upsample_to_accepts_integer_sizes():
+    np = pytest.importorskip("numpy")
+    x = torch.randn(1, 2, 3, 4)
+    expected = x[..., window_centres(7, 3), :][..., window_centres(9, 4)]
+    for size in ((7, 9), torch.Size([7, 9]), (np.int64(7), np.int32(9)), [7, 9]):
+        torch.testing.assert_close(sapa.nearest_upsample_to(x, size), expected)

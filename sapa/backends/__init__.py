@@ -25,6 +25,8 @@ query (B, d, H', W'), key (B, d, H, W), value (B, C, H, W).
     differentiable PyTorch ops and autograd differentiates it (the reference backend).
 ``available(query) -> bool``
     whether the backend runs on this device and dtype (checked before every call).
+    ``query`` is a stand-in with the query's ``device``, ``dtype`` and ``is_cuda`` only:
+    dispatch runs once per compilation under ``torch.compile``, never on data.
 ``auto(query) -> bool``
     whether ``backend="auto"`` may pick it for this tensor; ``"auto"`` takes the first
     backend of :data:`AUTO_ORDER` that says yes (``"torch"`` always does).
@@ -46,7 +48,8 @@ import torch
 from . import pytorch as _pytorch
 from . import reference as _reference
 
-__all__ = ["Backend", "register_backend", "available_backends", "get_backend", "resolve_backend", "AUTO_ORDER"]
+__all__ = ["Backend", "register_backend", "available_backends", "get_backend", "resolve_backend",
+           "resolve_backend_name", "has_backward", "AUTO_ORDER"]
 
 
 def _always(query: torch.Tensor) -> bool:
@@ -158,6 +161,7 @@ def _load_optional() -> None:
             _MISSING[name] = f"{type(exc).__name__}: {exc}"
 
 
+@torch.compiler.assume_constant_result  # torch.compile runs it at trace time, never traces it
 def available_backends() -> Tuple[str, ...]:
     """Names accepted by ``backend=`` (besides ``"auto"``) in this process."""
     _load_optional()
@@ -172,8 +176,7 @@ def check_backend_name(backend) -> str:
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-    _load_optional()
-    if backend == "auto" or backend in _BACKENDS:
+    if backend == "auto" or backend in available_backends():
         return backend
     if backend in _MISSING:
         raise ValueError(
@@ -189,17 +192,31 @@ def get_backend(name: str) -> Backend:
     return _BACKENDS[name]
 
 
-def resolve_backend(backend: str, query: torch.Tensor) -> Backend:
-    """The backend that runs ``query``: ``"auto"`` resolved, availability checked."""
+class _Probe:
+    """What a backend's ``available``/``auto`` may ask of the query: device, dtype, is_cuda."""
+
+    def __init__(self, device_type: str, dtype: torch.dtype):
+        self.device, self.dtype = torch.device(device_type), dtype
+        self.is_cuda = device_type == "cuda"
+
+
+@torch.compiler.assume_constant_result  # runs at trace time: the compiler never sees the registry
+def resolve_backend_name(backend: str, device_type: str, dtype: torch.dtype) -> str:
+    """Name of the backend that runs a query on ``device_type`` with ``dtype``.
+
+    ``"auto"`` is resolved (first of :data:`AUTO_ORDER` whose ``auto`` accepts, else
+    ``"torch"``); an explicit name is checked (known, and ``available`` for that device and
+    dtype), raising a ValueError that names the backend, device and dtype otherwise.
+    """
     check_backend_name(backend)
+    probe = _Probe(device_type, dtype)
     if backend == "auto":
         for name in AUTO_ORDER:
             be = _BACKENDS.get(name)
-            if be is not None and be.auto(query):
-                return be
-        return _BACKENDS["torch"]
-    be = _BACKENDS[backend]
-    if not be.available(query):
+            if be is not None and be.auto(probe):
+                return name
+        return "torch"
+    if not _BACKENDS[backend].available(probe):
         hint = ""
         if backend == "triton":
             hint = (" (the Triton backend runs on CUDA tensors in float32/float16/bfloat16; on CPU "
@@ -209,8 +226,19 @@ def resolve_backend(backend: str, query: torch.Tensor) -> Backend:
 
             why = build_error()
             hint = " (the C++ backend runs on CPU tensors in float32/float64" + (f"; {why})" if why else ")")
-        raise ValueError(f"backend {backend!r} cannot run on {query.device} tensors of dtype {query.dtype}{hint}")
-    return be
+        raise ValueError(f"backend {backend!r} cannot run on {device_type} tensors of dtype {dtype}{hint}")
+    return backend
+
+
+def resolve_backend(backend: str, query: torch.Tensor) -> Backend:
+    """The :class:`Backend` that runs ``query``: ``"auto"`` resolved, availability checked."""
+    return get_backend(resolve_backend_name(backend, query.device.type, query.dtype))
+
+
+@torch.compiler.assume_constant_result
+def has_backward(name: str) -> bool:
+    """Whether backend ``name`` brings its own backward (else autograd sees through it)."""
+    return get_backend(name).backward is not None
 
 
 register_backend("reference", _reference.forward)
