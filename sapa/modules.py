@@ -74,8 +74,9 @@ class SAPA(nn.Module):
             and 0.6 along the edges. ``"ignore"`` leaves them out of the normalisation, so a
             constant map stays constant: ``SAPA(C, C_y, padding="ignore")``.
         backend: ``"auto"`` (fused Triton kernels for CUDA tensors when Triton is installed,
-            otherwise the memory-efficient PyTorch path), ``"torch"``, ``"reference"``
-            (unfold + einsum, the test oracle) or ``"triton"``; see
+            the C++ kernels for float32/float64 CPU tensors when they build, otherwise the
+            memory-efficient PyTorch path), ``"torch"``, ``"cpp"``, ``"reference"`` (unfold +
+            einsum, the test oracle) or ``"triton"``; see
             ``sapa.available_backends()``. Checked here: an unknown name, or ``"triton"``
             without Triton installed, raises a ValueError that says so.
 

@@ -23,6 +23,12 @@ def _qkv(B=2, d=4, C=3, H=5, W=7, Hq=11, Wq=13, dtype=torch.float32, seed=0):
             torch.randn(B, C, H, W, generator=g, dtype=dtype))
 
 
+def _fast_cpu_backends():
+    """"torch" and whatever "auto" runs on CPU float tensors (the C++ kernels when they build)."""
+    auto = sapa.backends.resolve_backend("auto", torch.zeros(1)).name
+    return sorted({"torch", auto})
+
+
 def _module(variant="G", seed=0):
     torch.manual_seed(seed)
     m = sapa.SAPA(8, 4, variant=variant, kernel_size=3, embedding_dim=6).eval()
@@ -166,6 +172,7 @@ def test_without_triton_compile_fullgraph_and_clear_errors():
 @pytest.mark.parametrize("strict", [True, False])
 def test_export_matches_eager(strict):
     m = _module()
+    m.backend = "torch" if strict else "auto"
     x, y = _xy()
     ep = torch.export.export(m, (x, y), strict=strict)
     ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
@@ -192,10 +199,11 @@ def test_vmap_matches_a_loop():
     from torch.func import vmap
 
     q, k, v = (t.view(3, 2, *t.shape[1:]) for t in _qkv(B=6, dtype=torch.float64))
-    f = lambda q, k, v: sapa.sapa_upsample(q, k, v, 3, "softplus")  # noqa: E731
-    torch.testing.assert_close(vmap(f)(q, k, v), torch.stack([f(*a) for a in zip(q, k, v)]))
-    torch.testing.assert_close(vmap(f, in_dims=(0, None, 0))(q, k[0], v),
-                               torch.stack([f(a, k[0], c) for a, c in zip(q, v)]))
+    for backend in _fast_cpu_backends():
+        f = lambda q, k, v: sapa.sapa_upsample(q, k, v, 3, "softplus", backend=backend)  # noqa: E731
+        torch.testing.assert_close(vmap(f)(q, k, v), torch.stack([f(*a) for a in zip(q, k, v)]))
+        torch.testing.assert_close(vmap(f, in_dims=(0, None, 0))(q, k[0], v),
+                                   torch.stack([f(a, k[0], c) for a, c in zip(q, v)]))
 
 
 def test_jacrev_matches_reference():
@@ -203,9 +211,10 @@ def test_jacrev_matches_reference():
 
     q, k, v = _qkv(B=1, d=2, C=2, H=2, W=3, Hq=5, Wq=5, dtype=torch.float64)
     jac = {b: jacrev(lambda *a: sapa.sapa_upsample(*a, 3, backend=b), argnums=(0, 1, 2))(q, k, v)
-           for b in ("torch", "reference")}
-    for a, e in zip(jac["torch"], jac["reference"]):
-        torch.testing.assert_close(a, e)
+           for b in _fast_cpu_backends() + ["reference"]}
+    for backend in _fast_cpu_backends():
+        for a, e in zip(jac[backend], jac["reference"]):
+            torch.testing.assert_close(a, e, msg=lambda m: f"{backend}: {m}")
 
 
 def test_per_sample_gradients_with_functional_call():

@@ -176,7 +176,8 @@ def check_backend_name(backend) -> str:
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-    if backend == "auto" or backend in available_backends():
+    names = available_backends()  # loads the optional backends (once)
+    if backend == "auto" or backend in names:
         return backend
     if backend in _MISSING:
         raise ValueError(
