@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["MechanismConfig", "PROFILES", "make_problem", "fit_upsampler", "evaluate", "kernel_maps",
-           "run", "read_rows", "summarize", "main", "CSV_COLUMNS"]
+           "kernel_study", "run", "read_rows", "summarize", "main", "CSV_COLUMNS"]
 
 #: upsamplers of the full experiment (all of sapa's, in the chapter's order)
 UPSAMPLERS = ("nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "indexnet-hin", "indexnet-m2o",
@@ -246,6 +246,30 @@ def kernel_maps(up: torch.nn.Module, problem: Dict[str, torch.Tensor], index: in
             neigh = lowpad[rows[:, None] + dy, cols[None, :] + dx]
             mass += w[dy * K + dx].double() * (neigh == labels.double())
     return {"kernels": w.float(), "same_class_mass": mass.float(), "labels": labels, "kernel_size": K}
+
+
+def kernel_study(upsamplers: Sequence[str] = ("carafe", "fade", "sapa-b", "sapa-g"),
+                 sigmas: Sequence[float] = (0.5, 4.0), cfg: Optional[MechanismConfig] = None, seed: int = 0,
+                 index: int = 0) -> Dict[Tuple[str, float], Dict]:
+    """Fit each upsampler at each sigma (as :func:`run` does) and read its kernels on test image ``index``.
+
+    Returns ``{(upsampler, sigma): kernel_maps(...) plus "scores" (the test scores)}`` for
+    the upsamplers that expose kernels (others are left out). For the chapter's figure:
+    kernel maps at two noise levels.
+    """
+    cfg = cfg or PROFILES["full"]
+    out = {}
+    for s in sigmas:
+        train = make_problem(cfg.n_train, float(s), seed, cfg, "train")
+        test = make_problem(cfg.n_test, float(s), seed, cfg, "test")
+        for u in upsamplers:
+            up, _ = fit_upsampler(u, train, cfg, seed=seed)
+            km = kernel_maps(up, test, index)
+            if km is not None:
+                with torch.no_grad():
+                    km["scores"] = evaluate(up(test["X"], test["Y"]), test)
+                out[(u, float(s))] = km
+    return out
 
 
 def read_rows(path) -> List[Dict]:

@@ -119,3 +119,11 @@ def test_cli_quick(tmp_path, one_thread):
     assert len(M.read_rows(out)) == 2
     with pytest.raises(SystemExit):
         M.main(["--out", str(out), "--upsamplers", "bicubic"])
+
+
+def test_kernel_study(one_thread):
+    cfg = dataclasses.replace(CFG, max_steps=3)
+    out = M.kernel_study(("bilinear", "sapa-b", "carafe"), (0.0, 4.0), cfg)
+    assert set(out) == {("sapa-b", 0.0), ("sapa-b", 4.0), ("carafe", 0.0), ("carafe", 4.0)}
+    km = out[("sapa-b", 4.0)]
+    assert km["same_class_mass"].shape == (CFG.size, CFG.size) and 0 <= km["scores"]["boundary_acc"] <= 1
