@@ -10,6 +10,9 @@ objects; matplotlib is imported only when a figure is drawn.
 * :func:`palette`, :func:`colorize` class colours
 * :func:`boundary_crop`, :func:`show_predictions` predictions side by side, cropped at boundaries
 * :func:`error_bar_plot` mean +- std over seeds from :func:`sapa.sweep.summarize`
+* :func:`use_book_style` the one figure style of the book (>= 10 pt text, SVG output)
+* :func:`glue`, :func:`show_table` numbers and tables quoted by the book's prose
+* :func:`draw_sapa_pipeline`, :func:`draw_window_gather`, :func:`draw_triton_tiling` diagrams
 """
 from __future__ import annotations
 
@@ -27,9 +30,139 @@ __all__ = [
     "boundary_crop",
     "show_predictions",
     "error_bar_plot",
+    "BOOK_WIDTH",
+    "BOOK_STYLE",
+    "MIN_FONT_PT",
+    "use_book_style",
+    "glue",
+    "markdown_table",
+    "show_table",
+    "class_legend",
+    "draw_sapa_pipeline",
+    "draw_window_gather",
+    "draw_triton_tiling",
 ]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
+
+# --------------------------------------------------------------------------------------
+# the book's figure style, set once
+# --------------------------------------------------------------------------------------
+#: Width (inches) of a full-width figure: the book's text column is 688 px wide on a 1280 px
+#: screen and an SVG figure is drawn at 96 px per inch, so a 7-inch figure is shown at its own
+#: size and its 10 pt text stays 10 pt.
+BOOK_WIDTH = 7.0
+
+#: The smallest text size (points) any figure of the book uses.
+MIN_FONT_PT = 10
+
+#: rcParams of every figure in the book: no text below MIN_FONT_PT, full-width figures.
+BOOK_STYLE = {
+    "figure.figsize": (BOOK_WIDTH, 3.0),
+    "figure.dpi": 96,
+    "savefig.dpi": 192,
+    "font.size": MIN_FONT_PT,
+    "axes.titlesize": MIN_FONT_PT,
+    "axes.labelsize": MIN_FONT_PT,
+    "xtick.labelsize": MIN_FONT_PT,
+    "ytick.labelsize": MIN_FONT_PT,
+    "legend.fontsize": MIN_FONT_PT,
+    "legend.title_fontsize": MIN_FONT_PT,
+    "figure.titlesize": MIN_FONT_PT + 1,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "image.interpolation": "nearest",
+    "svg.fonttype": "path",
+}
+
+
+def use_book_style(fmt: str = "svg") -> None:
+    """Apply :data:`BOOK_STYLE` to matplotlib and, inside IPython/Jupyter, show figures as
+    ``fmt``: ``"svg"`` (default) or ``"retina"`` (PNG at twice the resolution)."""
+    import matplotlib
+
+    if fmt not in ("svg", "retina", "png"):
+        raise ValueError(f"fmt must be 'svg', 'retina' or 'png', got {fmt!r}")
+    matplotlib.rcParams.update(BOOK_STYLE)
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - plain Python without IPython
+        return
+    if get_ipython() is not None:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats(fmt)
+
+
+def glue(name: str, value) -> None:
+    """Store ``value`` under ``name`` for the book's prose (myst-nb's ``glue``), never as an
+    output box. Strings are stored as Markdown, so ``{glue:}`name``` shows them without
+    quotes. Outside Jupyter (or without myst-nb, e.g. on Colab) it does nothing."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string, got {name!r}")
+    try:
+        from IPython import get_ipython
+        from myst_nb import glue as _glue
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    if isinstance(value, str):
+        from IPython.display import Markdown
+
+        value = Markdown(value)
+    _glue(name, value, display=False)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence], align: Optional[str] = None) -> str:
+    """A Markdown pipe table of ``rows`` (each a sequence of len(header) cells). ``align``: one
+    letter per column, ``l``, ``r`` or ``c`` (default: first column left, the others right)."""
+    header = [str(h) for h in header]
+    if align is None:
+        align = "l" + "r" * (len(header) - 1)
+    if len(align) != len(header) or set(align) - set("lrc"):
+        raise ValueError(f"align must have one of l/r/c per column ({len(header)}), got {align!r}")
+    marks = {"l": ":--", "r": "--:", "c": ":-:"}
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
+    for row in rows:
+        row = list(row)
+        if len(row) != len(header):
+            raise ValueError(f"row {row!r} has {len(row)} cells for {len(header)} columns")
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines)
+
+
+def show_table(header: Sequence[str], rows: Sequence[Sequence], align: Optional[str] = None,
+               caption: Optional[str] = None) -> None:
+    """Display ``rows`` as a table (rendered as an HTML table in the book and in Jupyter)."""
+    from IPython.display import Markdown, display
+
+    text = markdown_table(header, rows, align)
+    display(Markdown((f"**{caption}**\n\n" if caption else "") + text))
+
+
+def class_legend(fig_or_ax, names: Sequence[str], num_classes: Optional[int] = None, ncol: Optional[int] = None,
+                 colours: Optional[ArrayLike] = None):
+    """A legend of class colours on a Figure (centred below the panels) or an Axes.
+
+    ``colours``: (len(names), 3 or 4) RGB(A) in [0, 1]; default :func:`palette`, the colours
+    of :func:`colorize`."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    cols = _np(colours) if colours is not None else palette(num_classes or len(names))
+    if len(cols) < len(names):
+        raise ValueError(f"{len(cols)} colours for {len(names)} class names")
+    handles = [Patch(facecolor=cols[i], edgecolor="black", linewidth=0.5, label=str(n)) for i, n in enumerate(names)]
+    ncol = ncol or min(len(names), 6)
+    if isinstance(fig_or_ax, Figure):
+        from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+        constrained = isinstance(fig_or_ax.get_layout_engine(), ConstrainedLayoutEngine)
+        loc = "outside lower center" if constrained else "lower center"
+        return fig_or_ax.legend(handles=handles, loc=loc, ncol=ncol, frameon=False)
+    return fig_or_ax.legend(handles=handles, loc="best", ncol=ncol, frameon=False)
+
 
 
 def _np(a: ArrayLike) -> np.ndarray:
@@ -252,7 +385,8 @@ def boundary_crop(mask: ArrayLike, size: int, score: Optional[ArrayLike] = None)
 
 def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[str, ArrayLike],
                      crop: Union[None, str, int, Tuple[int, int, int, int], Sequence] = None,
-                     num_classes: Optional[int] = None, cell: float = 1.6, crop_size: Optional[int] = None):
+                     num_classes: Optional[int] = None, cell: float = 1.6, crop_size: Optional[int] = None,
+                     class_names: Optional[Sequence[str]] = None):
     """A grid of predictions (one row per image): image, ground truth, then each prediction.
 
     Args:
@@ -268,6 +402,8 @@ def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[st
             paper's Fig. 4.
         num_classes: colours (default: the largest label + 1).
         cell: inches per panel.
+        class_names: names of the classes, drawn as a colour legend under the panels
+            (default: "class 0", "class 1", ...).
 
     Returns:
         the matplotlib Figure.
@@ -322,11 +458,15 @@ def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[st
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(cols[j], fontsize=9)
+                ax.set_title(cols[j])
             if j == 0 and box is not None:
                 ax.add_patch(Rectangle((box[1] - 0.5, box[0] - 0.5), box[3], box[2], fill=False, edgecolor="white",
                                        linewidth=1.2))
-    fig.tight_layout()
+    names = list(class_names) if class_names is not None else [f"class {c}" for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"class_names has {len(names)} names for {num_classes} classes")
+    fig.tight_layout(rect=(0, 0.09 if N > 1 else 0.16, 1, 1))
+    class_legend(fig, names, num_classes)
     return fig
 
 
@@ -363,7 +503,7 @@ def error_bar_plot(summary_rows: Sequence[Dict], metric: str, ax=None, label_key
     ax.bar(xs, means, yerr=stds, color=colours, capsize=3, error_kw=dict(lw=1, ecolor="black"))
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, rotation=45 if max((len(s) for s in labels), default=0) > 4 else 0,
-                       ha="right" if max((len(s) for s in labels), default=0) > 4 else "center", fontsize=8)
+                       ha="right" if max((len(s) for s in labels), default=0) > 4 else "center")
     if len(means):
         lo = float(np.nanmin(means - stds))
         hi = float(np.nanmax(means + stds))
@@ -372,6 +512,190 @@ def error_bar_plot(summary_rows: Sequence[Dict], metric: str, ax=None, label_key
     if reference is not None:
         ax.axhline(reference, color="grey", ls="--", lw=1)
     ns = sorted({int(r.get("n", 0)) for r in summary_rows})
-    ax.set_ylabel(f"{metric} (mean ± std, n={'/'.join(map(str, ns))})", fontsize=8)
+    ax.set_ylabel(f"{metric} (mean ± std, n={'/'.join(map(str, ns))})")
     ax.grid(axis="y", alpha=0.3)
     return ax
+
+
+# --------------------------------------------------------------------------------------
+# diagrams drawn by code
+# --------------------------------------------------------------------------------------
+def _box(ax, x, y, w, h, text, color="#dfe8f5", edge="#1f4e8c", fontsize=None, **kw):
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                facecolor=color, edgecolor=edge, linewidth=1.0))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize or MIN_FONT_PT, **kw)
+
+
+def _arrow(ax, x0, y0, x1, y1, text=None, color="#333333", offset=(0.0, 0.12)):
+    ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                arrowprops=dict(arrowstyle="-|>", color=color, lw=1.1, shrinkA=0, shrinkB=0))
+    if text:
+        ax.text((x0 + x1) / 2 + offset[0], (y0 + y1) / 2 + offset[1], text, ha="center", va="bottom",
+                fontsize=MIN_FONT_PT, color=color)
+
+
+def draw_sapa_pipeline(variant: str = "G", kernel_size: int = 5, embedding_dim: int = 32):
+    """The SAPA operator as a block diagram (the paper's Fig. 3): LayerNorm and embedding of the
+    encoder feature Y (B, C_y, H', W') and the decoder feature X (B, C, H, W), the gate (variant
+    "G"), the similarity with the K x K decoder window, the softmax, and the assembly of the raw
+    X into X' (B, C, H', W'). ``variant``: "I", "B" or "G". Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    if variant not in ("I", "B", "G"):
+        raise ValueError(f"variant must be 'I', 'B' or 'G', got {variant!r}")
+    K, d = kernel_size, embedding_dim
+    fig, ax = plt.subplots(figsize=(BOOK_WIDTH, 4.4))
+    ax.set_xlim(0, 7.0)
+    ax.set_ylim(0, 4.4)
+    ax.axis("off")
+    enc, dec, gen, asm = "#e4f1e1", "#dfe8f5", "#fbe9d7", "#efe3f6"
+    g_edge, d_edge, k_edge, a_edge = "#2e7d32", "#1f4e8c", "#b35900", "#6a1b9a"
+    # encoder row (top) and decoder row (bottom)
+    _box(ax, 0.05, 3.45, 1.25, 0.7, "encoder $Y$\n$C_y{\\times}H'{\\times}W'$", enc, g_edge)
+    _box(ax, 0.05, 1.35, 1.25, 0.7, "decoder $X$\n$C{\\times}H{\\times}W$", dec, d_edge)
+    _box(ax, 1.6, 3.55, 1.05, 0.5, "LayerNorm", enc, g_edge)
+    _box(ax, 1.6, 1.45, 1.05, 0.5, "LayerNorm", dec, d_edge)
+    _arrow(ax, 1.3, 3.8, 1.6, 3.8)
+    _arrow(ax, 1.3, 1.7, 1.6, 1.7)
+    if variant == "I":
+        _box(ax, 2.95, 3.55, 1.3, 0.5, "query", gen, k_edge)
+        _box(ax, 2.95, 1.45, 1.3, 0.5, "key", gen, k_edge)
+    else:
+        _box(ax, 2.95, 3.55, 1.3, 0.5, f"$P_y$: to $d={d}$", gen, k_edge)
+        _box(ax, 2.95, 1.45, 1.3, 0.5, f"key $P_x$: to $d$", gen, k_edge)
+    _arrow(ax, 2.65, 3.8, 2.95, 3.8)
+    _arrow(ax, 2.65, 1.7, 2.95, 1.7)
+    q_end = (4.25, 3.8)
+    if variant == "G":
+        _box(ax, 2.95, 2.5, 1.3, 0.6, "gate $g$, and\n$P_{xx}\\,$near.$(X)$", gen, k_edge)
+        _arrow(ax, 2.3, 1.95, 2.95, 2.6)
+        _box(ax, 4.45, 3.0, 1.25, 0.8, "query\n$g\\,q_y{+}(1{-}g)q_x$", gen, k_edge)
+        _arrow(ax, 4.25, 3.8, 4.45, 3.6)
+        _arrow(ax, 4.25, 2.8, 4.45, 3.2)
+        q_end = (5.7, 3.4)
+    _box(ax, 5.85, 2.3, 1.1, 1.0, f"similarity\n$q^{{\\top}}k$ over\n{K}$\\times${K} window", gen, k_edge)
+    _arrow(ax, q_end[0], q_end[1], 5.85, 3.1)
+    _arrow(ax, 4.25, 1.7, 5.85, 2.5)
+    _box(ax, 5.85, 1.35, 1.1, 0.6, "softmax\nover $K^2$", gen, k_edge)
+    _arrow(ax, 6.4, 2.3, 6.4, 1.95)
+    _box(ax, 4.1, 0.1, 1.5, 0.75, "assembly\n$\\sum_p W_{l',p}\\,x_{l+p}$", asm, a_edge)
+    _arrow(ax, 6.4, 1.35, 5.6, 0.6, "kernel $W$", color=k_edge, offset=(0.45, 0.0))
+    ax.plot([0.67, 0.67], [1.35, 0.47], color=a_edge, lw=1.1)
+    _arrow(ax, 0.67, 0.47, 4.1, 0.47, "raw $X$ is the value", color=a_edge, offset=(0, 0.03))
+    _box(ax, 5.85, 0.1, 1.1, 0.75, "$X'$\n$C{\\times}H'{\\times}W'$", asm, a_edge)
+    _arrow(ax, 5.6, 0.47, 5.85, 0.47)
+    ax.text(0.05, 4.38, f"SAPA-{variant}: kernel generation (orange), feature assembly (purple)",
+            fontsize=MIN_FONT_PT + 1, va="top")
+    return fig
+
+
+def draw_window_gather(H: int = 4, W: int = 5, kernel_size: int = 3, scale: int = 2, point=(2, 8)):
+    """How every output point gets its window (chapter 3's ``unfold`` + index): the K x K window
+    around the centre l = (floor(i H / H'), floor(j W / W')) of output point l' = ``point`` on
+    the (H, W) map, the shapes of ``F.unfold`` (B, C K^2, H W), its view (B, C, K^2, H, W) and
+    the gathered windows (B, C, K^2, H', W'). Returns the Figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import ConnectionPatch, Rectangle
+
+    K, R = kernel_size, kernel_size // 2
+    Hq, Wq = scale * H, scale * W
+    i, j = point
+    if not (0 <= i < Hq and 0 <= j < Wq):
+        raise ValueError(f"point must lie in the {Hq} x {Wq} output, got {point}")
+    ci, cj = i * H // Hq, j * W // Wq
+    fig, axes = plt.subplots(1, 2, figsize=(BOOK_WIDTH, 3.6), gridspec_kw=dict(width_ratios=[1, 1.25]))
+    lo, hi = axes
+    for ax, h, w, title in [(lo, H, W, f"low resolution $X$: {H} x {W}"), (hi, Hq, Wq, f"output: {Hq} x {Wq}")]:
+        ax.set_xlim(-0.5 - (R if ax is lo else 0), w - 0.5 + (R if ax is lo else 0))
+        ax.set_ylim(h - 0.5 + (R if ax is lo else 0), -0.5 - (R if ax is lo else 0))
+        ax.set_aspect("equal")
+        for r in range(h):
+            for c in range(w):
+                ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor="white", edgecolor="#9e9e9e", lw=0.6))
+        ax.set_title(title)
+        ax.set_xticks(range(w))
+        ax.set_yticks(range(h))
+        ax.tick_params(length=0)
+    # the window on the low-res map (outside positions: zero padding)
+    for u in range(-R, R + 1):
+        for v in range(-R, R + 1):
+            r, c = ci + u, cj + v
+            inside = 0 <= r < H and 0 <= c < W
+            lo.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor="#9ecae1" if inside else "#eeeeee",
+                                   edgecolor="#1f4e8c" if inside else "#bdbdbd", lw=1.0, ls="-" if inside else "--"))
+            lo.text(c, r, f"{(u + R) * K + v + R}", ha="center", va="center", fontsize=MIN_FONT_PT,
+                    color="#1f4e8c" if inside else "#9e9e9e")
+    lo.add_patch(Rectangle((cj - 0.5, ci - 0.5), 1, 1, fill=False, edgecolor="#d62728", lw=2.0))
+    # the output points that share this centre, and l'
+    for r in range(Hq):
+        for c in range(Wq):
+            if r * H // Hq == ci and c * W // Wq == cj:
+                hi.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor="#fdd0a2", edgecolor="#9e9e9e", lw=0.6))
+    hi.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#d62728", edgecolor="#d62728"))
+    hi.text(j, i, "$l'$", ha="center", va="center", color="white", fontsize=MIN_FONT_PT)
+    lo.text(cj, ci + 0.32, "$l$", ha="center", va="center", color="#d62728", fontsize=MIN_FONT_PT)
+    fig.add_artist(ConnectionPatch(xyA=(j, i), coordsA=hi.transData, xyB=(cj + 0.5, ci), coordsB=lo.transData,
+                                   arrowstyle="-|>", color="#d62728", lw=1.2))
+    fig.text(0.5, 0.10, f"l' = ({i}, {j})  →  centre l = (⌊{i}·{H}/{Hq}⌋, ⌊{j}·{W}/{Wq}⌋) = ({ci}, {cj});"
+             f"  grey: zero padding", ha="center", fontsize=MIN_FONT_PT)
+    fig.text(0.5, 0.02, f"unfold: (B, C·{K * K}, {H * W})  →  view (B, C, {K * K}, {H}, {W})  →  "
+             f"index rows, cols: (B, C, {K * K}, {Hq}, {Wq})", ha="center", fontsize=MIN_FONT_PT)
+    for ax in axes:
+        for side in ax.spines.values():
+            side.set_visible(False)
+    fig.subplots_adjust(bottom=0.2, top=0.9, wspace=0.15)
+    return fig
+
+
+def draw_triton_tiling(Hq: int = 10, Wq: int = 13, C: int = 160, block_p: int = 32, block_c: int = 64, B: int = 2):
+    """The launch grid of the fused kernel: output pixels, flattened row-major (o = i W' + j),
+    cut into tiles of ``block_p`` consecutive pixels (the last one partial, masked), times
+    channel blocks of ``block_c`` (the last one partial), times the batch: grid =
+    (ceil(H' W' / BLOCK_P), ceil(C / BLOCK_C), B). Returns the Figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    for name, v in [("Hq", Hq), ("Wq", Wq), ("C", C), ("block_p", block_p), ("block_c", block_c), ("B", B)]:
+        if int(v) < 1:
+            raise ValueError(f"{name} must be positive, got {v}")
+    n_pix = Hq * Wq
+    n_tiles = -(-n_pix // block_p)
+    n_cblocks = -(-C // block_c)
+    cmap = plt.get_cmap("tab10")
+    fig, (ax, axc) = plt.subplots(1, 2, figsize=(BOOK_WIDTH, 3.4), gridspec_kw=dict(width_ratios=[2.3, 1]))
+    for o in range(n_pix):
+        i, j = divmod(o, Wq)
+        t = o // block_p
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=cmap(t % 10), alpha=0.55, edgecolor="white", lw=0.5))
+    for t in range(n_tiles):
+        o = t * block_p
+        i, j = divmod(o, Wq)
+        ax.text(j, i, f"{t}", ha="center", va="center", fontsize=MIN_FONT_PT, fontweight="bold")
+    ax.set_xlim(-0.5, Wq - 0.5)
+    ax.set_ylim(Hq - 0.5, -0.5)
+    ax.set_aspect("equal")
+    ax.set_xticks([0, Wq - 1])
+    ax.set_yticks([0, Hq - 1])
+    ax.set_xlabel("output column $j$")
+    ax.set_ylabel("output row $i$")
+    last = n_pix - (n_tiles - 1) * block_p
+    ax.set_title(f"{n_tiles} pixel tiles of BLOCK_P = {block_p}\n(last one: {last} pixels, rest masked)")
+    # channel blocks
+    for cb in range(n_cblocks):
+        c0, c1 = cb * block_c, min(C, (cb + 1) * block_c)
+        axc.add_patch(Rectangle((0, c0), 1, c1 - c0, facecolor="#9ecae1" if cb % 2 == 0 else "#c6dbef",
+                                edgecolor="#1f4e8c"))
+        axc.text(0.5, (c0 + c1) / 2, f"block {cb}\nchannels {c0}–{c1 - 1}", ha="center", va="center",
+                 fontsize=MIN_FONT_PT)
+    axc.set_xlim(-0.1, 1.1)
+    axc.set_ylim(n_cblocks * block_c, 0)
+    axc.axhline(C, color="#d62728", lw=1.2, ls="--")
+    axc.text(1.08, C, f"C = {C}", color="#d62728", ha="right", va="top", fontsize=MIN_FONT_PT)
+    axc.set_xticks([])
+    axc.set_ylabel("value channel")
+    axc.set_title(f"BLOCK_C = {block_c}")
+    fig.suptitle(f"launch grid ({n_tiles}, {n_cblocks}, B): {n_tiles * n_cblocks * B} programs for B = {B}")
+    fig.tight_layout()
+    return fig

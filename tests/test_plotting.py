@@ -137,3 +137,107 @@ def test_collect_kernels(name, channels):
         torch.testing.assert_close(k.sum(1), torch.ones(2, 16, 16))
     assert kernel_map(k).shape == (16, 16, 3)
     assert feature_to_rgb(got["out"][0]).shape == (16, 16, 3)
+
+
+# --------------------------------------------------------------------------------------
+# the book's style, glue, tables and diagrams
+# --------------------------------------------------------------------------------------
+def _texts(fig):
+    return [t for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip() and t.get_visible()]
+
+
+def test_book_style_text_is_at_least_min_font():
+    import matplotlib.pyplot as plt
+
+    from sapa.plotting import BOOK_STYLE, MIN_FONT_PT, use_book_style
+
+    use_book_style()
+    assert all(matplotlib.rcParams[k] == v for k, v in BOOK_STYLE.items() if k != "figure.figsize")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], label="a")
+    ax.set_title("t")
+    ax.legend()
+    sizes = [t.get_fontsize() for t in _texts(fig)]
+    assert sizes and min(sizes) >= MIN_FONT_PT >= 9
+    plt.close(fig)
+    with pytest.raises(ValueError, match="fmt"):
+        use_book_style("jpeg")
+
+
+@pytest.mark.parametrize("draw", ["draw_sapa_pipeline", "draw_window_gather", "draw_triton_tiling"])
+def test_diagrams_fit_the_column_with_legible_text(draw):
+    import matplotlib.pyplot as plt
+
+    import sapa.plotting as sp
+
+    sp.use_book_style()
+    fig = getattr(sp, draw)()
+    assert fig.get_figwidth() <= sp.BOOK_WIDTH
+    texts = _texts(fig)
+    assert len(texts) >= 8
+    assert min(t.get_fontsize() for t in texts) >= sp.MIN_FONT_PT
+    # no text runs off the figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    W, H = fig.bbox.width, fig.bbox.height
+    for t in texts:
+        bb = t.get_window_extent(renderer)
+        assert bb.x0 >= -2 and bb.x1 <= W + 2 and bb.y0 >= -2 and bb.y1 <= H + 2, (draw, t.get_text(), bb)
+    plt.close(fig)
+
+
+def test_window_gather_marks_the_right_centre():
+    import matplotlib.pyplot as plt
+
+    from sapa.plotting import draw_window_gather
+
+    fig = draw_window_gather(H=4, W=5, kernel_size=3, scale=2, point=(2, 8))
+    words = " ".join(t.get_text() for t in _texts(fig))
+    assert "= (1, 4)" in words and "(B, C, 9, 8, 10)" in words and "(B, C·9, 20)" in words
+    plt.close(fig)
+    with pytest.raises(ValueError, match="point"):
+        draw_window_gather(point=(8, 0))
+
+
+def test_triton_tiling_counts_programs():
+    import matplotlib.pyplot as plt
+
+    from sapa.plotting import draw_triton_tiling
+
+    fig = draw_triton_tiling(Hq=10, Wq=13, C=160, block_p=32, block_c=64, B=2)
+    assert "(5, 3, B): 30 programs" in fig._suptitle.get_text()   # ceil(130/32) = 5, ceil(160/64) = 3
+    plt.close(fig)
+    with pytest.raises(ValueError, match="block_p"):
+        draw_triton_tiling(block_p=0)
+
+
+def test_markdown_table():
+    from sapa.plotting import markdown_table
+
+    text = markdown_table(["name", "value"], [["a|b", 1.5], ["c", 2]])
+    assert text.splitlines() == ["| name | value |", "|:--|--:|", "| a\\|b | 1.5 |", "| c | 2 |"]
+    with pytest.raises(ValueError, match="cells"):
+        markdown_table(["a", "b"], [[1]])
+    with pytest.raises(ValueError, match="align"):
+        markdown_table(["a", "b"], [[1, 2]], align="lx")
+
+
+def test_glue_outside_jupyter_does_nothing_and_checks_the_name():
+    from sapa.plotting import glue
+
+    assert glue("x", "text") is None
+    with pytest.raises(TypeError, match="name"):
+        glue("", 1)
+
+
+def test_show_predictions_draws_a_class_legend():
+    import matplotlib.pyplot as plt
+
+    imgs = torch.rand(2, 3, 8, 8)
+    masks = torch.randint(0, 3, (2, 8, 8))
+    fig = show_predictions(imgs, masks, {"a": masks}, num_classes=3, class_names=["bg", "disk", "ring"])
+    labels = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert labels == ["bg", "disk", "ring"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="class_names"):
+        show_predictions(imgs, masks, {"a": masks}, num_classes=3, class_names=["bg"])
