@@ -6,6 +6,7 @@ Set SAPA_BOOK_PREBUILT=1 to check an existing _build/html without rebuilding it.
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -117,20 +118,142 @@ def test_bibliography(book):
 
 
 # --------------------------------------------------------------------------------------
-# a real browser: headless Chromium (Debian's package)
+# what a reader sees in the static HTML of every page
 # --------------------------------------------------------------------------------------
+def _prose(text: str) -> str:
+    """The page's text outside code blocks, scripts and styles (HTML entities decoded)."""
+    for tag in ("pre", "script", "style", "code"):
+        text = re.sub(rf"<{tag}\b.*?</{tag}>", " ", text, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", text))
+
+
+RAW_TABLE = re.compile(r"\|\s*:?(?:-{3,}|[\u2013\u2014]{1,2}):?\s*\|")   # --- or typographic dashes
+
+
+def test_no_raw_pipe_table(book):
+    """A markdown table printed by a cell is rendered as a table, not as pipe text."""
+    for page in _pages(book):
+        prose = _prose(page.read_text())
+        hit = RAW_TABLE.search(prose)
+        assert not hit, f"{page.relative_to(book)} shows a raw pipe table: ...{prose[max(hit.start() - 80, 0):hit.end() + 40]}"
+
+
+def test_rendered_tables_exist(book):
+    """The tables the chapters display are real <table>s (chapter 4 displays several)."""
+    page = book / "notebooks" / "04_dynamic_upsampling.html"
+    assert len(re.findall(r"<table\b", page.read_text())) >= 3
+
+
+STRAY_GLUE = re.compile(r'<div class="output text_plain[^"]*"><div class="highlight"><pre><span></span>([^\n<]{0,40})\n?</pre>')
+
+
+def test_no_stray_glue_output(book):
+    """No cell leaves a box holding only a glued value (glue(..., display=False) everywhere)."""
+    for page in _pages(book):
+        hit = STRAY_GLUE.search(page.read_text())
+        assert not hit, f"{page.relative_to(book)} shows a stray output box {html.unescape(hit.group(1))!r}"
+
+
+def test_glued_text_without_quotes(book):
+    """Glued values inside the prose are shown as text, never as a quoted Python string."""
+    for page in _pages(book):
+        for value in re.findall(r'<span class="output text_plain">(.*?)</span>', page.read_text(), flags=re.S):
+            value = html.unescape(value).strip()
+            assert not re.match(r"""^(['"]).*\1$""", value), f"{page.relative_to(book)}: glued {value}"
+
+
+def test_stray_glue_is_detected():
+    """The two checks above catch the failures the reader saw."""
+    box = '<div class="output text_plain highlight-myst-ansi notranslate"><div class="highlight"><pre><span></span>&#39;0.000&#39;\n</pre></div>'
+    assert STRAY_GLUE.search(box)
+    assert RAW_TABLE.search(_prose("<p>| a | b |\n|---|---:|\n| 1 | 2 |</p>"))
+    assert RAW_TABLE.search(_prose("<p>| a | b |\n|\u2014|\u2014|</p>"))
+    assert not RAW_TABLE.search(_prose("<pre>| a |\n|---|</pre><table><tr><td>1</td></tr></table>"))
+
+
+# --------------------------------------------------------------------------------------
+# a real browser: headless Chromium (Debian's package), every page, 1280 px and 400 px
+# --------------------------------------------------------------------------------------
+# Injected at the top of <head>: records uncaught errors, console.error calls and failed
+# resources from the first script on; once MathJax has finished, writes a JSON report into
+# <body data-probe="...">.
 PROBE = """
 <script>
 (function () {
+  var errors = [];
+  window.addEventListener("error", function (e) {
+    var t = e.target;
+    if (t && t !== window && (t.src || t.href)) { errors.push("failed to load " + (t.src || t.href)); }
+    else { errors.push(String(e.message || e)); }
+  }, true);
+  window.addEventListener("unhandledrejection", function (e) { errors.push("unhandled rejection " + e.reason); });
+  var origError = console.error;
+  console.error = function () {
+    errors.push(Array.prototype.slice.call(arguments).join(" "));
+    return origError.apply(console, arguments);
+  };
+  function scrollable(el) {
+    var o = getComputedStyle(el).overflowX;
+    return (o === "auto" || o === "scroll") && el.scrollWidth > el.clientWidth;
+  }
+  function clipped(el) {
+    // the part of el that no one can see: cut by an ancestor with hidden overflow or by the page
+    var r = el.getBoundingClientRect();
+    if (r.width === 0) { return null; }
+    for (var a = el.parentElement; a; a = a.parentElement) {
+      if (scrollable(a)) { return null; }
+      var o = getComputedStyle(a).overflowX;
+      if ((o === "hidden" || o === "clip") && r.right > a.getBoundingClientRect().right + 1) { return "cut by its container"; }
+    }
+    if (r.right > document.documentElement.clientWidth + 1) { return "runs off the page"; }
+    return null;
+  }
   function report() {
-    var imgs = Array.prototype.slice.call(document.images);
-    var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-    document.body.setAttribute("data-probe-images", ok + "/" + imgs.length);
-    document.body.setAttribute("data-probe-done", "1");
+    var out = {errors: errors, images: [], math: [], scrolled_math: 0, split_streams: 0, raw_tables: [],
+               width: document.documentElement.clientWidth};
+    Array.prototype.forEach.call(document.images, function (img) {
+      var shown = img.getBoundingClientRect().width;
+      var intended = img.getAttribute("width") ? parseFloat(img.getAttribute("width")) : img.naturalWidth;
+      out.images.push({src: img.getAttribute("src"), ok: img.complete && img.naturalWidth > 0,
+                       shown: shown, intended: intended,
+                       output: !!img.closest(".cell_output")});
+    });
+    var article = document.querySelector("article") || document.querySelector("main") || document.body;
+    article.querySelectorAll("mjx-container").forEach(function (m) {
+      var why = clipped(m);
+      if (why) { out.math.push(why + ": " + (m.getAttribute("aria-label") || m.textContent).slice(0, 80)); }
+      for (var a = m.parentElement; a; a = a.parentElement) { if (scrollable(a)) { out.scrolled_math += 1; break; } }
+    });
+    out.wide_code = [];
+    document.querySelectorAll(".cell_input pre").forEach(function (pre) {
+      if (pre.scrollWidth > pre.clientWidth + 1) {
+        var longest = pre.textContent.split("\\n").reduce(function (a, b) { return b.length > a.length ? b : a; }, "");
+        out.wide_code.push(longest.slice(0, 100));
+      }
+    });
+    var cs = document.querySelector(".cell_input pre");
+    if (cs) {
+      var probe = document.createElement("span");
+      probe.textContent = "0123456789";
+      cs.appendChild(probe);
+      out.code_chars = Math.floor(cs.clientWidth / (probe.getBoundingClientRect().width / 10)) - 2;
+      cs.removeChild(probe);
+    }
+    document.querySelectorAll(".output.stream").forEach(function (s) {
+      var n = s.nextElementSibling;
+      if (n && n.classList.contains("output") && n.classList.contains("stream")) { out.split_streams += 1; }
+    });
+    var walker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
+    for (var node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (node.parentElement.closest("pre, code, script, style")) { continue; }
+      if (/\\|\\s*:?(?:-{3,}|[\\u2013\\u2014]{1,2}):?\\s*\\|/.test(node.textContent)) { out.raw_tables.push(node.textContent.slice(0, 80)); }
+    }
+    document.body.setAttribute("data-probe", JSON.stringify(out));
   }
   window.addEventListener("load", function () {
     var p = (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise) || Promise.resolve();
-    p.then(report, function (e) { document.body.setAttribute("data-probe-error", String(e)); report(); });
+    p.then(function () { setTimeout(report, 200); },
+           function (e) { errors.push("MathJax: " + e); report(); });
   });
 })();
 </script>
@@ -139,8 +262,12 @@ PROBE = """
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1",
 ]
+WIDTHS = (1280, 400)
+#: Text in figures is drawn at >= 10 pt (sapa.plotting.BOOK_STYLE); shown at >= 90 % of its
+#: size on a 1280 px screen it stays >= 9 pt.
+MIN_FIGURE_SCALE = 0.9
 
 
 @pytest.fixture(scope="session")
@@ -157,40 +284,86 @@ def chromium() -> Path:
 def _chromium(chromium: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
     return subprocess.run(
-        [str(chromium), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args],
+        [str(chromium), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000",
+         "--enable-logging=stderr", "--v=0", *args],
         capture_output=True, text=True, timeout=180,
     )
 
 
-BROWSER_PAGES = ["book/intro.html", "notebooks/02_local_mutual_similarity.html"]
-
-
-@pytest.mark.parametrize("relpage", BROWSER_PAGES)
-def test_browser_typesets_math_and_loads_figures(book, chromium, tmp_path, relpage):
-    page = book / relpage
+def _probe(chromium: Path, tmp_path: Path, page: Path, width: int) -> tuple[dict, str]:
+    """Open ``page`` at ``width`` px with the probe; (the probe's report, the page's static HTML)."""
     static = page.read_text()
-    n_math = len(re.findall(r'class="math notranslate', static))
-    n_img = len(re.findall(r"<img\b", static))
-    assert n_math > 0
-    # the same page with a probe that records, once MathJax has finished, how many images loaded
     probe = page.with_name("_probe_" + page.name)
-    probe.write_text(static.replace("</body>", PROBE + "</body>"))
+    probe.write_text(static.replace("<head>", "<head>" + PROBE, 1))
     try:
-        proc = _chromium(chromium, tmp_path, "--dump-dom", probe.as_uri())
+        proc = _chromium(chromium, tmp_path, f"--window-size={width},2000", "--dump-dom", probe.as_uri())
     finally:
         probe.unlink()
-    dom = proc.stdout
-    assert proc.returncode == 0 and "<body" in dom, proc.stderr[-3000:]
-    n_typeset = dom.count("<mjx-container")
-    assert n_typeset >= n_math, f"MathJax typeset {n_typeset} of {n_math} formulas"
-    assert "<mjx-merror" not in dom, "MathJax reported a TeX error"
-    assert 'data-probe-done="1"' in dom, "the page did not finish loading"
-    assert "data-probe-error=" not in dom, re.search(r"data-probe-error=\"[^\"]*\"", dom)
-    loaded = re.search(r'data-probe-images="(\d+)/(\d+)"', dom)
-    assert loaded and loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= n_img, loaded and loaded.group(0)
+    assert proc.returncode == 0 and "<body" in proc.stdout, proc.stderr[-3000:]
+    found = re.search(r'data-probe="([^"]*)"', proc.stdout)
+    assert found, f"{page.name} at {width} px: the page did not finish loading"
+    report = json.loads(html.unescape(found.group(1)))
+    # errors Chromium itself logs (e.g. a script that fails before the probe could see it)
+    report["errors"] += re.findall(r'CONSOLE[^\]]*\] "((?:Uncaught|Failed to load)[^"]*)"', proc.stderr)
+    return report, static
 
+
+def _browser_pages() -> list[str]:
+    built = HTML if (HTML / "index.html").is_file() else None
+    pages = ["book/intro.html"] + [str(Path(c).with_suffix(".html")) for c in make_toc.present_chapters()]
+    return pages + (["book/bibliography.html"] if built is None or (built / "book/bibliography.html").is_file() else [])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("relpage", _browser_pages())
+def test_browser_page(book, chromium, tmp_path, relpage, width):
+    """Every page, as a reader's browser shows it: no console error, every image loaded, every
+    formula typeset and nowhere cut off, tables rendered, one output box per printed block,
+    figures shown at a legible scale."""
+    page = book / relpage
+    report, static = _probe(chromium, tmp_path, page, width)
+    where = f"{relpage} at {width} px"
+    assert not report["errors"], f"{where}: console errors {report['errors'][:5]}"
+    missing = [i["src"] for i in report["images"] if not i["ok"]]
+    assert not missing, f"{where}: images not loaded {missing[:5]}"
+    n_img = len(re.findall(r"<img\b", static))
+    assert len(report["images"]) >= n_img, f"{where}: {len(report['images'])} of {n_img} images in the DOM"
+    n_math = len(re.findall(r'class="math notranslate', static))
+    assert n_math == 0 or "mjx-merror" not in static
+    assert not report["math"], f"{where}: clipped equations {report['math'][:3]}"
+    if width >= 1280:
+        assert report["scrolled_math"] == 0, f"{where}: {report['scrolled_math']} equations need a scroll bar"
+    assert not report["raw_tables"], f"{where}: raw pipe tables {report['raw_tables'][:2]}"
+    assert report["split_streams"] == 0, f"{where}: printed text split into {report['split_streams'] + 1}+ boxes"
+    if width >= 1280:
+        assert not report["wide_code"], (f"{where}: code lines cut off (about {report.get('code_chars')} "
+                                         f"characters fit): {report['wide_code'][:3]}")
+        small = [(i["src"], round(i["shown"] / i["intended"], 2)) for i in report["images"]
+                 if i["output"] and i["intended"] and i["shown"] / i["intended"] < MIN_FIGURE_SCALE]
+        assert not small, f"{where}: figures shrunk below {MIN_FIGURE_SCALE:.0%} (text < 9 pt): {small[:4]}"
+
+
+def test_probe_catches_a_console_error(book, chromium, tmp_path):
+    """The browser test is not blind: a page with a duplicate declaration fails it."""
+    page = book / "book" / "_probe_broken.html"
+    page.write_text("<html><head><script>const A = 1;</script><script>const A = 2;</script></head>"
+                    "<body><p>| a |</p><p>|---|---|</p><img src='missing.png'></body></html>")
+    try:
+        report, _ = _probe(chromium, tmp_path, page, 1280)
+    finally:
+        page.unlink()
+    assert any("already been declared" in e for e in report["errors"]), report["errors"]
+    assert any(not i["ok"] for i in report["images"])
+    assert report["raw_tables"]
+
+
+def test_screenshots(book, chromium, tmp_path):
+    """Screenshots of every page at 1280 px and 400 px in _build/screenshots, for reading."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shot = SCREENSHOTS / (page.stem + ".png")
-    shot.unlink(missing_ok=True)
-    proc = _chromium(chromium, tmp_path, "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri())
-    assert shot.is_file() and shot.stat().st_size > 20_000, proc.stderr[-3000:]
+    for relpage in _browser_pages():
+        page = book / relpage
+        for width in WIDTHS:
+            shot = SCREENSHOTS / f"{page.stem}-{width}.png"
+            shot.unlink(missing_ok=True)
+            proc = _chromium(chromium, tmp_path, f"--window-size={width},2400", f"--screenshot={shot}", page.as_uri())
+            assert shot.is_file() and shot.stat().st_size > 20_000, proc.stderr[-3000:]

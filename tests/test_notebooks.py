@@ -3,6 +3,7 @@ with their .ipynb (stored without outputs, for Colab and nbmake), in sync, and r
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,53 @@ def test_notebook_runs_with_nbmake(path):
         cwd=ROOT, env=env, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------------------
+# what a reader of the book sees of the sources
+# --------------------------------------------------------------------------------------
+#: characters of code that fit in a code cell of the book at 1280 px (tests/test_book.py
+#: measures the rendered width; 77 fit)
+CODE_WIDTH = 76
+HIDDEN = {"remove-cell", "remove-input"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_shown_code_lines_fit_the_page(path):
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or HIDDEN & set(cell.metadata.get("tags", [])):
+            continue
+        for line in cell.source.splitlines():
+            assert len(line) <= CODE_WIDTH, f"{path.name} cell {i}: {len(line)} characters: {line}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_glue_never_leaves_an_output_box(path):
+    """Chapters glue through sapa.plotting.glue (no output box, strings without quotes), never
+    through myst_nb.glue directly."""
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "from myst_nb import glue" not in code
+    if "glue(" in code:
+        imports = re.findall(r"from sapa\.plotting import (\([^)]*\)|[^\n]*)", code)
+        assert any(re.search(r"\bglue\b", names) for names in imports), path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[:5], ids=IDS[:5])
+def test_chapters_1_to_5_have_exercises_with_solutions(path):
+    nb = nbformat.read(path, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    exercises = re.findall(r"^:::\{exercise\}\n:label: (\S+)", text, flags=re.M)
+    solutions = re.findall(r"^:::\{solution\} (\S+)\n:class: dropdown", text, flags=re.M)
+    assert 2 <= len(exercises) <= 4, f"{path.name}: {len(exercises)} exercises"
+    assert sorted(solutions) == sorted(exercises), "every exercise has one solution, hidden until revealed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_plumbing_is_hidden(path):
+    """The Colab install cell is removed from the book and the set-up cell's input is folded."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "remove-cell" in code[0].metadata.get("tags", [])
+    assert "hide-input" in code[1].metadata.get("tags", [])

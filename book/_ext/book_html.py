@@ -1,0 +1,36 @@
+"""HTML fixes of the rendered book.
+
+* Every page used to log "Identifier 'THEBE_JS_URL' has already been declared": sphinx-thebe's
+  inline configuration script is registered twice (once by Jupyter Book, once by
+  sphinx-book-theme), and a ``const`` declared twice is a SyntaxError. Script files with the
+  same source and the same inline body are kept once.
+"""
+from __future__ import annotations
+
+from sphinx.application import Sphinx
+
+
+def _key(script) -> tuple:
+    attributes = getattr(script, "attributes", {}) or {}
+    filename = getattr(script, "filename", script)
+    return (str(filename), attributes.get("body", ""))
+
+
+def _dedupe_scripts(app: Sphinx, pagename, templatename, context, doctree) -> None:
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, kept = set(), []
+    for script in scripts:
+        key = _key(script)
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(script)
+    scripts[:] = kept
+
+
+def setup(app: Sphinx):
+    # early: html-page-context stops at the first handler that returns a template name
+    app.connect("html-page-context", _dedupe_scripts, priority=100)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
