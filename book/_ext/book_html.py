@@ -1,9 +1,9 @@
 """HTML fixes of the rendered book.
 
 * Every page used to log "Identifier 'THEBE_JS_URL' has already been declared": sphinx-thebe's
-  inline configuration script is registered twice (once by Jupyter Book, once by
-  sphinx-book-theme), and a ``const`` declared twice is a SyntaxError. Script files with the
-  same source and the same inline body are kept once.
+  inline configuration script is registered twice (once with filename None, once with "",
+  which Sphinx does not see as equal), and a ``const`` declared twice is a SyntaxError.
+  Scripts with the same source and the same inline body are kept once.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sphinx.application import Sphinx
 
 def _key(script) -> tuple:
     attributes = getattr(script, "attributes", {}) or {}
-    filename = getattr(script, "filename", script)
+    filename = getattr(script, "filename", script) or ""   # inline scripts: None or ""
     return (str(filename), attributes.get("body", ""))
 
 
@@ -31,6 +31,6 @@ def _dedupe_scripts(app: Sphinx, pagename, templatename, context, doctree) -> No
 
 
 def setup(app: Sphinx):
-    # early: html-page-context stops at the first handler that returns a template name
-    app.connect("html-page-context", _dedupe_scripts, priority=100)
+    # last: other handlers add page scripts too (every handler runs, whatever they return)
+    app.connect("html-page-context", _dedupe_scripts, priority=999)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
