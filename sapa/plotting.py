@@ -385,7 +385,8 @@ def boundary_crop(mask: ArrayLike, size: int, score: Optional[ArrayLike] = None)
 
 def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[str, ArrayLike],
                      crop: Union[None, str, int, Tuple[int, int, int, int], Sequence] = None,
-                     num_classes: Optional[int] = None, cell: float = 1.6, crop_size: Optional[int] = None,
+                     num_classes: Optional[int] = None, cell: Optional[float] = None,
+                     crop_size: Optional[int] = None,
                      class_names: Optional[Sequence[str]] = None):
     """A grid of predictions (one row per image): image, ground truth, then each prediction.
 
@@ -401,7 +402,7 @@ def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[st
             the crop enlarged (nearest neighbour, so single pixels stay visible), as in the
             paper's Fig. 4.
         num_classes: colours (default: the largest label + 1).
-        cell: inches per panel.
+        cell: inches per panel (default: as large as fits :data:`BOOK_WIDTH`, at most 1.6).
         class_names: names of the classes, drawn as a colour legend under the panels
             (default: "class 0", "class 1", ...).
 
@@ -447,7 +448,9 @@ def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[st
             raise ValueError(f"got {len(boxes)} crop boxes for {N} images")
 
     cols = ["image", "ground truth", *preds]
-    fig, axes = plt.subplots(N, len(cols), figsize=(cell * len(cols), cell * N), squeeze=False)
+    if cell is None:
+        cell = min(1.6, BOOK_WIDTH / len(cols))
+    fig, axes = plt.subplots(N, len(cols), figsize=(cell * len(cols), cell * N + 0.5), squeeze=False)
     for i in range(N):
         box = boxes[i]
         sl = (slice(None), slice(None)) if box is None else (slice(box[0], box[0] + box[2]), slice(box[1], box[1] + box[3]))
@@ -458,7 +461,11 @@ def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[st
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(cols[j])
+                # long names on two lines, so that narrow columns stay legible
+                name = cols[j]
+                if len(name) > 8:
+                    name = name.replace(" ", "\n", 1) if " " in name else name.replace("-", "-\n", 1)
+                ax.set_title(name)
             if j == 0 and box is not None:
                 ax.add_patch(Rectangle((box[1] - 0.5, box[0] - 0.5), box[3], box[2], fill=False, edgecolor="white",
                                        linewidth=1.2))

@@ -62,6 +62,8 @@ def test_every_chapter_is_rendered_with_a_colab_button(book):
     for chapter, page in _chapter_pages(book):
         assert page.is_file(), f"{chapter} was not rendered"
         text = page.read_text()
+        n = make_toc.CHAPTERS.index(chapter) + 1                 # chapters are numbered as cited
+        assert re.search(rf'<h1>\s*<span class="section-number">{n}\. </span>', text), f"{chapter} is not chapter {n}"
         notebook = str(Path(chapter).with_suffix(".ipynb"))   # Colab opens the paired .ipynb
         assert COLAB_PREFIX + notebook in text, f"no Colab launch button for {notebook}"
 
@@ -111,10 +113,15 @@ def test_bibliography(book):
     text = (book / "book" / "bibliography.html").read_text()
     for title in ["Similarity-Aware Point Affiliation", "Content-Aware ReAssembly", "Indices Matter",
                   "Affinity-Aware Upsampling", "Learning to Upsample by Learning to Sample",
-                  "SegFormer", "Boundary IoU", "Online normalizer", "FlashAttention", "FADE"]:
+                  "SegFormer", "Boundary IoU", "Online normalizer", "FlashAttention", "FADE",
+                  "On Point Affiliation in Feature Upsampling", "Triton"]:
         assert title.lower() in html.unescape(text).lower(), f"{title!r} missing from the bibliography"
     chapter1 = (book / "notebooks" / "01_point_affiliation.html").read_text()
     assert "bibliography.html#id" in chapter1 or "bibliography.html#sapa2022" in chapter1.lower()
+    # author-year with a/b: SAPA (2022a) and FADE (2022b) share first author and year
+    intro = html.unescape((book / "book" / "intro.html").read_text())
+    assert "2022a" in intro and "2022b" in intro
+    assert re.search(r"Lu\s+<em>et al\.</em>,\s+2022a|Lu et al\., 2022a", intro), "SAPA cited as Lu et al., 2022a"
 
 
 # --------------------------------------------------------------------------------------
@@ -203,7 +210,11 @@ PROBE = """
     for (var a = el.parentElement; a; a = a.parentElement) {
       if (scrollable(a)) { return null; }
       var o = getComputedStyle(a).overflowX;
-      if ((o === "hidden" || o === "clip") && r.right > a.getBoundingClientRect().right + 1) { return "cut by its container"; }
+      if (o === "hidden" || o === "clip") {
+        var ar = a.getBoundingClientRect();
+        if (r.bottom <= ar.top || r.top >= ar.bottom) { return null; }   // folded away (a dropdown)
+        if (r.right > ar.right + 1) { return "cut by its container"; }
+      }
     }
     if (r.right > document.documentElement.clientWidth + 1) { return "runs off the page"; }
     return null;

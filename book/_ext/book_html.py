@@ -4,10 +4,15 @@
   inline configuration script is registered twice (once with filename None, once with "",
   which Sphinx does not see as equal), and a ``const`` declared twice is a SyntaxError.
   Scripts with the same source and the same inline body are kept once.
+* ``static/book.css``: code cells fit 80 characters in the text column; wide tables scroll.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from sphinx.application import Sphinx
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _key(script) -> tuple:
@@ -30,7 +35,13 @@ def _dedupe_scripts(app: Sphinx, pagename, templatename, context, doctree) -> No
     scripts[:] = kept
 
 
+def _add_static(app: Sphinx, config) -> None:
+    config.html_static_path.append(str(STATIC))
+
+
 def setup(app: Sphinx):
+    app.connect("config-inited", _add_static)
+    app.add_css_file("book.css")
     # last: other handlers add page scripts too (every handler runs, whatever they return)
     app.connect("html-page-context", _dedupe_scripts, priority=999)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
