@@ -111,7 +111,7 @@ def _task_flags(task: Dict) -> List[str]:
 def stored_command(name: str) -> str:
     """The one command that regenerates the stored result ``name`` ("main", "table6", "mechanism")."""
     if name == "mechanism":
-        return "python -m sapa.mechanism --out book/results/mechanism.csv"
+        return "python -m sapa.mechanism --out book/results/mechanism.csv --workers 2"
     if name not in STORED:
         raise ValueError(f"unknown stored result {name!r}; expected one of {sorted(STORED) + ['mechanism']}")
     argv = STORED[name] + ["--seeds", *map(str, STORED_SEEDS), "--runs", "runs/sweep", "--workers", "2"]

@@ -111,12 +111,14 @@ def test_run_appends_resumes_and_keeps_other_settings(tmp_path, monkeypatch, one
 def test_cli_quick(tmp_path, one_thread):
     out = tmp_path / "q.csv"
     assert M.main(["--profile", "quick", "--out", str(out), "--upsamplers", "bilinear", "sapa-i",
-                   "--sigmas", "0", "--no-progress"]) == 0
+                   "--sigmas", "0", "--no-progress", "--workers", "2"]) == 0
     import json
 
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["command"].startswith("python -m sapa.mechanism") and meta["seconds"] >= 0 and "CPU" in meta["machine"]
-    assert len(M.read_rows(out)) == 2
+    rows = M.read_rows(out)
+    assert sorted(r["upsampler"] for r in rows) == ["bilinear", "sapa-i"]
+    assert all(r["fit_cpu_seconds"] >= 0 for r in rows) and "2 worker" in meta["machine"]
     with pytest.raises(SystemExit):
         M.main(["--out", str(out), "--upsamplers", "bicubic"])
 
