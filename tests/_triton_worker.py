@@ -3,10 +3,10 @@
 The compile test runs ``triton.compile`` in spawned processes: a fresh interpreter that
 imports Triton in compiled mode (``TRITON_INTERPRET`` removed *before* Triton is imported,
 which is why nothing heavy is imported at the top of this file) and writes to a private,
-empty Triton cache, so that every job really runs the whole pipeline down to ``ptxas``.
+empty Triton cache (a temporary folder, nothing cached in the repository), so that every
+job really runs the whole pipeline down to ``ptxas``.
 """
 import os
-import re
 
 
 def init(cache_dir: str) -> None:
@@ -16,22 +16,19 @@ def init(cache_dir: str) -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 
-def compile_job(kernel: str, arch: int, dtype_name: str, kernel_size: int, normalization: str, padding: str):
-    """Compile one kernel specialization for sm_<arch>; return a small summary."""
+def compile_job(arch: int, dtype_name: str, sizes: dict, options: dict, label: str, override: dict = None):
+    """Compile the launch ``label`` that ``sapa_triton`` makes for these sizes and options on
+    ``sm_<arch>`` (meta-parameters optionally overridden); return compile_launch_aot's summary
+    plus the wall time."""
     import time
 
     import torch
     from sapa.backends import triton as triton_ops
 
     t0 = time.time()
-    res = triton_ops.compile_kernels_aot(
-        arch, getattr(torch, dtype_name), kernels=[kernel],
-        kernel_size=kernel_size, normalization=normalization, padding=padding,
-    )[kernel]
-    target = re.search(r"^\.target\s+(\S+)", res["ptx"], re.M)
-    return {
-        "ptx_target": target.group(1) if target else None,
-        "entry": f".entry {triton_ops._KERNELS[kernel].__name__}" in res["ptx"],
-        "cubin_bytes": len(res["cubin"]),
-        "seconds": time.time() - t0,
-    }
+    launches = dict(triton_ops.launches_for_sizes(getattr(torch, dtype_name), **sizes, **options))
+    name, grid, args, meta = launches[label]
+    res = triton_ops.compile_launch_aot((name, grid, args, {**meta, **(override or {})}), arch)
+    res["seconds"] = time.time() - t0
+    res["meta"] = {**meta, **(override or {})}
+    return res

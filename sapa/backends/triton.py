@@ -112,6 +112,8 @@ architecture without a GPU (``ptxas`` ships with the Triton wheel), in a process
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Dict, Tuple
 
 import torch
@@ -125,7 +127,8 @@ except Exception as exc:  # pragma: no cover - exercised only without triton
 
 from ..normalize import NORM_EPS
 
-__all__ = ["sapa_triton", "available", "compile_kernels_aot", "KERNEL_NAMES", "INTERPRETED"]
+__all__ = ["sapa_triton", "available", "triton_forward", "triton_backward", "check_index_range",
+           "cuda_config", "launches_for_sizes", "compile_launch_aot", "KERNEL_NAMES", "INTERPRETED"]
 
 _NORM_CODE = {"softmax": 0, "relu": 1, "sigmoid": 2, "softplus": 3, "none": 4}
 
@@ -218,31 +221,11 @@ def _sapa_fwd_kernel(
 
 
 @triton.jit
-def _sapa_delta_kernel(
-    g_ptr, o_ptr, delta_ptr, C, HWq,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    pid_p = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < HWq
-    base = pid_b * C * HWq
-    acc = tl.zeros([BLOCK_P], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        m = mask_p[:, None] & (offs_c < C)[None, :]
-        off = base + offs_c[None, :] * HWq + offs_p[:, None]
-        g = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
-        o = tl.load(o_ptr + off, mask=m, other=0.0).to(tl.float32)
-        acc += tl.sum(g * o, axis=1)
-    tl.store(delta_ptr + pid_b * HWq + offs_p, acc, mask=mask_p)
-
-
-@triton.jit
 def _sapa_bwd_q_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, stat_ptr, delta_ptr, gq_ptr,
+    q_ptr, k_ptr, v_ptr, g_ptr, stat_ptr, gq_ptr, w_ptr, gs_ptr,
     d, C, Hq, Wq, H, W,
     K: tl.constexpr, NORM: tl.constexpr, IGNORE: tl.constexpr,
+    NEED_GQ: tl.constexpr, NEED_GS: tl.constexpr, NEED_W: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -263,10 +246,49 @@ def _sapa_bwd_q_kernel(
     k_base = k_ptr + pid_b * d * HW
     v_base = v_ptr + pid_b * C * HW
     g_base = g_ptr + pid_b * C * HWq
+    sc_base = pid_b * (K * K) * HWq + offs_p  # scratch (B, K*K, H'W') offsets of window position 0
     q = tl.load(q_base + offs_d[None, :] * HWq + offs_p[:, None],
                 mask=mask_p[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
     stat = tl.load(stat_ptr + pid_b * HWq + offs_p, mask=mask_p, other=1.0)
-    delta = tl.load(delta_ptr + pid_b * HWq + offs_p, mask=mask_p, other=0.0)
+    delta = tl.zeros([BLOCK_P], tl.float32)
+    if NEED_GQ or NEED_GS:
+        # pass 1: gw_p = g . v_p for every window position (C multiply-adds each), kept in the
+        # logit-gradient scratch, and D = g . out = sum_p w_p gw_p (FlashAttention's "delta",
+        # in float32 from the weights rather than from the rounded output)
+        for dy in range(K):
+            y = ci + (dy - R)
+            in_y = (y >= 0) & (y < H)
+            for dx in range(K):
+                x = cj + (dx - R)
+                inb = in_y & (x >= 0) & (x < W) & mask_p
+                pix = y * W + x
+                gw = tl.zeros([BLOCK_P], tl.float32)
+                for c0 in range(0, C, BLOCK_C):
+                    offs_c = c0 + tl.arange(0, BLOCK_C)
+                    mc = (offs_c < C)[None, :]
+                    g = tl.load(g_base + offs_c[None, :] * HWq + offs_p[:, None],
+                                mask=mask_p[:, None] & mc, other=0.0).to(tl.float32)
+                    vv = tl.load(v_base + offs_c[None, :] * HW + pix[:, None],
+                                 mask=inb[:, None] & mc, other=0.0).to(tl.float32)
+                    gw += tl.sum(g * vv, axis=1)
+                if NORM != 4:
+                    kk = tl.load(k_base + offs_d[None, :] * HW + pix[:, None],
+                                 mask=inb[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+                    s = tl.sum(q * kk, axis=1)
+                    if NORM == 0:
+                        w = tl.exp(s - stat)
+                    elif NORM == 1:
+                        w = tl.maximum(s, 0.0) / stat
+                    elif NORM == 2:
+                        w = 1.0 / (1.0 + tl.exp(-s)) / stat
+                    else:
+                        w = (tl.maximum(s, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(s)))) / stat
+                    if IGNORE:
+                        w = tl.where(inb, w, 0.0)
+                    delta += w * gw
+                tl.store(gs_ptr + sc_base + (dy * K + dx) * HWq, gw, mask=mask_p)
+        tl.debug_barrier()  # pass 2 reads gw values that other threads of this program stored
+    # pass 2: the weights w_p, the logit gradients gs_p, the query gradient sum_p gs_p k_p
     gq = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
     for dy in range(K):
         y = ci + (dy - R)
@@ -278,45 +300,53 @@ def _sapa_bwd_q_kernel(
             kk = tl.load(k_base + offs_d[None, :] * HW + pix[:, None],
                          mask=inb[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
             s = tl.sum(q * kk, axis=1)
-            gw = tl.zeros([BLOCK_P], tl.float32)
-            for c0 in range(0, C, BLOCK_C):
-                offs_c = c0 + tl.arange(0, BLOCK_C)
-                mc = (offs_c < C)[None, :]
-                g = tl.load(g_base + offs_c[None, :] * HWq + offs_p[:, None],
-                            mask=mask_p[:, None] & mc, other=0.0).to(tl.float32)
-                vv = tl.load(v_base + offs_c[None, :] * HW + pix[:, None],
-                             mask=inb[:, None] & mc, other=0.0).to(tl.float32)
-                gw += tl.sum(g * vv, axis=1)
+            # the weight w and, for the h-normalisations, h'(s)
             if NORM == 0:
                 w = tl.exp(s - stat)
-                gs = w * (gw - delta)
             elif NORM == 4:
-                gs = gw
+                w = s
             else:
                 if NORM == 1:
+                    h = tl.maximum(s, 0.0)
                     hp = tl.where(s > 0, 1.0, 0.0)
                 elif NORM == 2:
-                    sg = 1.0 / (1.0 + tl.exp(-s))
-                    hp = sg * (1.0 - sg)
+                    h = 1.0 / (1.0 + tl.exp(-s))
+                    hp = h * (1.0 - h)
                 else:
+                    h = tl.maximum(s, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(s)))
                     hp = 1.0 / (1.0 + tl.exp(-s))
-                gs = hp * (gw - delta) / stat
+                w = h / stat
             if IGNORE:
-                gs = tl.where(inb, gs, 0.0)
-            gq += gs[:, None] * kk
-    tl.store(gq_ptr + pid_b * d * HWq + offs_d[None, :] * HWq + offs_p[:, None],
-             gq.to(gq_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_d[None, :])
+                w = tl.where(inb, w, 0.0)
+            if NEED_W:
+                tl.store(w_ptr + sc_base + (dy * K + dx) * HWq, w, mask=mask_p)
+            if NEED_GQ or NEED_GS:
+                gw = tl.load(gs_ptr + sc_base + (dy * K + dx) * HWq, mask=mask_p, other=0.0)
+                if NORM == 0:
+                    gs = w * (gw - delta)
+                elif NORM == 4:
+                    gs = gw
+                else:
+                    gs = hp * (gw - delta) / stat
+                if IGNORE:
+                    gs = tl.where(inb, gs, 0.0)
+                if NEED_GS:
+                    tl.store(gs_ptr + sc_base + (dy * K + dx) * HWq, gs, mask=mask_p)
+                if NEED_GQ:
+                    gq += gs[:, None] * kk
+    if NEED_GQ:
+        tl.store(gq_ptr + pid_b * d * HWq + offs_d[None, :] * HWq + offs_p[:, None],
+                 gq.to(gq_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_d[None, :])
 
 
 @triton.jit
-def _sapa_bwd_v_kernel(
-    q_ptr, k_ptr, g_ptr, stat_ptr, gv_ptr,
-    d, C, Hq, Wq, H, W, MR, MC,
-    K: tl.constexpr, NORM: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+def _sapa_bwd_gather_kernel(
+    coef_ptr, x_ptr, out_ptr,
+    F, Hq, Wq, H, W, MR, MC,
+    K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    pid_f = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     R: tl.constexpr = K // 2
     HWq = Hq * Wq
@@ -325,17 +355,12 @@ def _sapa_bwd_v_kernel(
     mask_p = offs_p < HW
     a = offs_p // W
     b = offs_p % W
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < d
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
+    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+    mask_f = offs_f < F
 
-    q_base = q_ptr + pid_b * d * HWq
-    g_base = g_ptr + pid_b * C * HWq
-    st_base = stat_ptr + pid_b * HWq
-    kk = tl.load(k_ptr + pid_b * d * HW + offs_d[None, :] * HW + offs_p[:, None],
-                 mask=mask_p[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    gv = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    c_base = coef_ptr + pid_b * (K * K) * HWq
+    x_base = x_ptr + pid_b * F * HWq
+    acc = tl.zeros([BLOCK_P, BLOCK_F], tl.float32)
     for dy in range(K):
         r = a - (dy - R)  # centre row of the outputs that see (a, b) at row offset dy
         ok_r = (r >= 0) & (r < H) & mask_p
@@ -355,116 +380,18 @@ def _sapa_bwd_v_kernel(
                     oj = j0 + t
                     ok = ok_i & (oj < j1)
                     opix = oi * Wq + oj
-                    qq = tl.load(q_base + offs_d[None, :] * HWq + opix[:, None],
-                                 mask=ok[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-                    s = tl.sum(qq * kk, axis=1)
-                    stat = tl.load(st_base + opix, mask=ok, other=1.0)
-                    if NORM == 0:
-                        w = tl.exp(s - stat)
-                    elif NORM == 4:
-                        w = s
-                    else:
-                        if NORM == 1:
-                            h = tl.maximum(s, 0.0)
-                        elif NORM == 2:
-                            h = 1.0 / (1.0 + tl.exp(-s))
-                        else:
-                            h = tl.maximum(s, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(s)))
-                        w = h / stat
-                    w = tl.where(ok, w, 0.0)
-                    g = tl.load(g_base + offs_c[None, :] * HWq + opix[:, None],
-                                mask=ok[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
-                    gv += w[:, None] * g
-    tl.store(gv_ptr + pid_b * C * HW + offs_c[None, :] * HW + offs_p[:, None],
-             gv.to(gv_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
-
-
-@triton.jit
-def _sapa_bwd_k_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, stat_ptr, delta_ptr, gk_ptr,
-    d, C, Hq, Wq, H, W, MR, MC,
-    K: tl.constexpr, NORM: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    pid_p = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    R: tl.constexpr = K // 2
-    HWq = Hq * Wq
-    HW = H * W
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # low-res pixels (a, b)
-    mask_p = offs_p < HW
-    a = offs_p // W
-    b = offs_p % W
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < d
-
-    q_base = q_ptr + pid_b * d * HWq
-    v_base = v_ptr + pid_b * C * HW
-    g_base = g_ptr + pid_b * C * HWq
-    st_base = stat_ptr + pid_b * HWq
-    de_base = delta_ptr + pid_b * HWq
-    kk = tl.load(k_ptr + pid_b * d * HW + offs_d[None, :] * HW + offs_p[:, None],
-                 mask=mask_p[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    gk = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
-    for dy in range(K):
-        r = a - (dy - R)
-        ok_r = (r >= 0) & (r < H) & mask_p
-        r = tl.where(ok_r, r, 0)
-        i0 = (r * Hq + H - 1) // H
-        i1 = ((r + 1) * Hq + H - 1) // H
-        for dx in range(K):
-            c = b - (dx - R)
-            ok_c = (c >= 0) & (c < W) & ok_r
-            c = tl.where(ok_c, c, 0)
-            j0 = (c * Wq + W - 1) // W
-            j1 = ((c + 1) * Wq + W - 1) // W
-            for u in range(MR):
-                oi = i0 + u
-                ok_i = ok_c & (oi < i1)
-                for t in range(MC):
-                    oj = j0 + t
-                    ok = ok_i & (oj < j1)
-                    opix = oi * Wq + oj
-                    qq = tl.load(q_base + offs_d[None, :] * HWq + opix[:, None],
-                                 mask=ok[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-                    s = tl.sum(qq * kk, axis=1)
-                    gw = tl.zeros([BLOCK_P], tl.float32)
-                    for c0 in range(0, C, BLOCK_C):
-                        offs_c = c0 + tl.arange(0, BLOCK_C)
-                        mc = (offs_c < C)[None, :]
-                        g = tl.load(g_base + offs_c[None, :] * HWq + opix[:, None],
-                                    mask=ok[:, None] & mc, other=0.0).to(tl.float32)
-                        vv = tl.load(v_base + offs_c[None, :] * HW + offs_p[:, None],
-                                     mask=mask_p[:, None] & mc, other=0.0).to(tl.float32)
-                        gw += tl.sum(g * vv, axis=1)
-                    if NORM == 4:
-                        gs = gw
-                    else:
-                        stat = tl.load(st_base + opix, mask=ok, other=1.0)
-                        delta = tl.load(de_base + opix, mask=ok, other=0.0)
-                        if NORM == 0:
-                            gs = tl.exp(s - stat) * (gw - delta)
-                        else:
-                            if NORM == 1:
-                                hp = tl.where(s > 0, 1.0, 0.0)
-                            elif NORM == 2:
-                                sg = 1.0 / (1.0 + tl.exp(-s))
-                                hp = sg * (1.0 - sg)
-                            else:
-                                hp = 1.0 / (1.0 + tl.exp(-s))
-                            gs = hp * (gw - delta) / stat
-                    gs = tl.where(ok, gs, 0.0)
-                    gk += gs[:, None] * qq
-    tl.store(gk_ptr + pid_b * d * HW + offs_d[None, :] * HW + offs_p[:, None],
-             gk.to(gk_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_d[None, :])
+                    coef = tl.load(c_base + (dy * K + dx) * HWq + opix, mask=ok, other=0.0)
+                    xx = tl.load(x_base + offs_f[None, :] * HWq + opix[:, None],
+                                 mask=ok[:, None] & mask_f[None, :], other=0.0).to(tl.float32)
+                    acc += coef[:, None] * xx
+    tl.store(out_ptr + pid_b * F * HW + offs_f[None, :] * HW + offs_p[:, None],
+             acc.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_f[None, :])
 
 
 _KERNELS = {
     "fwd": _sapa_fwd_kernel,
-    "delta": _sapa_delta_kernel,
     "bwd_q": _sapa_bwd_q_kernel,
-    "bwd_v": _sapa_bwd_v_kernel,
-    "bwd_k": _sapa_bwd_k_kernel,
+    "bwd_gather": _sapa_bwd_gather_kernel,
 }
 #: names of the kernels, in launch order
 KERNEL_NAMES: Tuple[str, ...] = tuple(_KERNELS)
@@ -497,6 +424,10 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _max_per_centre(n_out: int, n_in: int) -> int:
     """max over r of #{i : floor(i * n_in / n_out) == r} = ceil(n_out / n_in)."""
     return -(-n_out // n_in)
@@ -506,91 +437,168 @@ def _max_per_centre(n_out: int, n_in: int) -> int:
 #: them to exercise several tiles and partial channel blocks on tiny inputs.
 INTERPRETER_BLOCKS = {"max_p": 1024, "max_c": 256}
 
-
-def _cuda_blocks(d: int, C: int) -> Tuple[int, int, int]:
-    """GPU tiles: 64 pixels (fewer for large d or C) x d (padded) x up to 64 channels."""
-    BLOCK_D = _pow2(d)
-    BLOCK_C = min(_pow2(C), 64)
-    BLOCK_P = max(16, min(64, 4096 // max(BLOCK_D, BLOCK_C)))
-    return BLOCK_P, BLOCK_D, BLOCK_C
+INT32_LIMIT = 2 ** 31
 
 
-def _blocks(t: torch.Tensor, n_pix: int, d: int, C: int) -> Tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_D, BLOCK_C) for a launch over ``n_pix`` pixels."""
-    if t.is_cuda:
-        return _cuda_blocks(d, C)
-    # interpreter: few, large programs (each program step is one numpy call)
-    BLOCK_C = min(_pow2(C), INTERPRETER_BLOCKS["max_c"])
-    BLOCK_P = min(_pow2(n_pix), INTERPRETER_BLOCKS["max_p"])
-    return BLOCK_P, _pow2(d), BLOCK_C
+def check_index_range(d: int, C: int, K: int, Hq: int, Wq: int, H: int, W: int) -> None:
+    """Raise ValueError where the kernels' int32 index arithmetic would overflow.
+
+    Offsets inside one batch item are int32 (batch offsets are int64): the largest are
+    ``max(C, d, K*K) * H' * W'`` (a channel or window-position plane of a per-item tensor)
+    and ``(H + 1) * H'``, ``(W + 1) * W'`` (the centre arithmetic of the backward gather).
+    """
+    worst = {
+        "max(C, d, K*K) * H' * W'": max(C, d, K * K) * Hq * Wq,
+        "(H + 1) * H'": (H + 1) * Hq,
+        "(W + 1) * W'": (W + 1) * Wq,
+    }
+    for what, n in worst.items():
+        if n >= INT32_LIMIT:
+            raise ValueError(
+                f"backend='triton' indexes one batch item in 32 bits, but {what} = {n} >= 2**31 "
+                f"(d={d}, C={C}, K={K}, {H}x{W} -> {Hq}x{Wq}); split the value channels or use "
+                "backend='torch'"
+            )
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+#: GPU launch configuration per kernel and sizes: see :func:`cuda_config`.
+def cuda_config(kernel: str, d: int, C: int) -> Dict[str, int]:
+    """Tile sizes and warps of a CUDA launch of ``kernel`` (``"fwd"``, ``"bwd_q"``,
+    ``"gather_k"``, ``"gather_v"``) for embedding ``d`` and ``C`` value channels.
+
+    Chosen so that no kernel spills registers on sm_80 and sm_90 in float32 and bfloat16
+    at the head sizes (``tests/test_triton_compile.py`` checks it with ``ptxas -v``).
+    """
+    BD = _pow2(d)
+    # 4 warps and at most 168 registers per thread: 3 programs (12 warps) per SM. The explicit
+    # cap keeps ptxas from choosing 128 registers and spilling (it does so by itself for some
+    # specialisations); the tiles are small enough to fit under it with room to spare.
+    if kernel == "fwd":
+        cfg = {"BLOCK_P": 16, "BLOCK_D": BD, "BLOCK_C": min(_pow2(C), 64)}
+    elif kernel == "bwd_q":
+        cfg = {"BLOCK_P": 32, "BLOCK_D": BD, "BLOCK_C": min(_pow2(C), 16)}
+    elif kernel == "gather_k":
+        cfg = {"BLOCK_P": 32, "BLOCK_F": min(BD, 8)}
+    elif kernel == "gather_v":
+        cfg = {"BLOCK_P": 32, "BLOCK_F": min(_pow2(C), 32)}
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}")
+    return {**cfg, "num_warps": 4, "maxnreg": 168}
+
+
+def _config(cuda: bool, kernel: str, n_pix: int, d: int, C: int) -> Dict[str, int]:
+    """Launch meta-parameters: :func:`cuda_config` on a GPU; few, large programs in the
+    interpreter (each program step is one numpy call)."""
+    if cuda:
+        return cuda_config(kernel, d, C)
+    BP = min(_pow2(n_pix), INTERPRETER_BLOCKS["max_p"])
+    BC = min(_pow2(C), INTERPRETER_BLOCKS["max_c"])
+    if kernel in ("fwd", "bwd_q"):
+        return {"BLOCK_P": BP, "BLOCK_D": _pow2(d), "BLOCK_C": BC}
+    if kernel == "gather_k":
+        return {"BLOCK_P": BP, "BLOCK_F": min(_pow2(d), INTERPRETER_BLOCKS["max_c"])}
+    return {"BLOCK_P": BP, "BLOCK_F": BC}
+
+
+def _forward_launches(q, k, v, out, stat, K: int, norm: int, ignore: bool, cuda: bool):
+    """The forward's kernel launches: a list of ``(kernel name, grid, args, meta)``.
+
+    ``q, k, v, out, stat`` are tensors (or, for ahead-of-time compilation, objects with
+    ``shape`` and ``dtype``); the runtime and :func:`compile_launches_aot` use the same list.
+    """
+    B, d, Hq, Wq = q.shape
+    C, H, W = v.shape[1:]
+    cfg = _config(cuda, "fwd", Hq * Wq, d, C)
+    grid = (_cdiv(Hq * Wq, cfg["BLOCK_P"]), _cdiv(C, cfg["BLOCK_C"]), B)
+    args = (q, k, v, out, stat, d, C, Hq, Wq, H, W, NORM_EPS)
+    return [("fwd", grid, args, dict(K=K, NORM=norm, IGNORE=ignore, **cfg))]
+
+
+def _backward_launches(q, k, v, g, stat, gq, gk, gv, w, gs, K: int, norm: int, ignore: bool,
+                       cuda: bool):
+    """The backward's kernel launches (see :func:`_forward_launches`).
+
+    ``gq``, ``gk``, ``gv``: the gradients to compute, or None. ``w`` and ``gs``: float32
+    scratch of shape (B, K*K, H'*W') for the weights (when ``gv`` is wanted) and the logit
+    gradients (when ``gq`` or ``gk`` is wanted), or None.
+    """
+    B, d, Hq, Wq = q.shape
+    C, H, W = v.shape[1:]
+    MR, MC = _max_per_centre(Hq, H), _max_per_centre(Wq, W)
+    launches = []
+    cfg = _config(cuda, "bwd_q", Hq * Wq, d, C)
+    launches.append((
+        "bwd_q", (_cdiv(Hq * Wq, cfg["BLOCK_P"]), B),
+        (q, k, v, g, stat, gq if gq is not None else q, w if w is not None else stat,
+         gs if gs is not None else stat, d, C, Hq, Wq, H, W),
+        dict(K=K, NORM=norm, IGNORE=ignore, NEED_GQ=gq is not None, NEED_GS=gk is not None,
+             NEED_W=gv is not None, **cfg),
+    ))
+    for name, coef, x, res, F in (("gather_k", gs, q, gk, d), ("gather_v", w, g, gv, C)):
+        if res is None:
+            continue
+        cfg = _config(cuda, name, H * W, d, C)
+        grid = (_cdiv(H * W, cfg["BLOCK_P"]), _cdiv(F, cfg["BLOCK_F"]), B)
+        launches.append(("bwd_gather", grid, (coef, x, res, F, Hq, Wq, H, W, MR, MC),
+                         dict(K=K, **cfg)))
+    return launches
+
+
+def _launch(launches) -> None:
+    for name, grid, args, meta in launches:
+        _KERNELS[name][grid](*args, **meta)
+
+
+def triton_forward(q, k, v, kernel_size: int, normalization: str, padding: str):
+    """Forward launch: contiguous q (B, d, H', W'), k (B, d, H, W), v (B, C, H, W) ->
+    ``(out (B, C, H', W'), stat (B, H'*W') float32)``; ``stat`` is what the backward needs."""
+    B, d, Hq, Wq = q.shape
+    C, H, W = v.shape[1:]
+    check_index_range(d, C, kernel_size, Hq, Wq, H, W)
+    out = torch.empty(B, C, Hq, Wq, device=q.device, dtype=q.dtype)
+    stat = torch.empty(B, Hq * Wq, device=q.device, dtype=torch.float32)
+    _launch(_forward_launches(q, k, v, out, stat, kernel_size, _NORM_CODE[normalization],
+                              padding == "ignore", q.is_cuda))
+    return out, stat
+
+
+def triton_backward(q, k, v, stat, grad_out, kernel_size: int, normalization: str, padding: str,
+                    needs=(True, True, True)):
+    """Backward launches: the gradients ``(grad_q, grad_k, grad_v)`` of :func:`triton_forward`
+    (None where ``needs`` is False), deterministic (no atomics)."""
+    B, d, Hq, Wq = q.shape
+    C, H, W = v.shape[1:]
+    g = grad_out.contiguous()
+    if g.dtype != q.dtype:
+        g = g.to(q.dtype)
+    need_q, need_k, need_v = needs
+    if not (need_q or need_k or need_v):
+        return None, None, None
+    P = kernel_size * kernel_size
+    scratch = lambda: torch.empty(B, P, Hq * Wq, device=q.device, dtype=torch.float32)  # noqa: E731
+    gq = torch.empty_like(q) if need_q else None
+    gk = torch.empty_like(k) if need_k else None
+    gv = torch.empty_like(v) if need_v else None
+    w = scratch() if need_v else None
+    gs = scratch() if (need_q or need_k) else None
+    _launch(_backward_launches(q, k, v, g, stat, gq, gk, gv, w, gs, kernel_size,
+                               _NORM_CODE[normalization], padding == "ignore", q.is_cuda))
+    return gq, gk, gv
 
 
 class _SapaTritonFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, kernel_size, normalization, padding):
         q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
-        B, d, Hq, Wq = q.shape
-        C, H, W = v.shape[1:]
-        norm = _NORM_CODE[normalization]
-        ignore = padding == "ignore"
-        kern = _KERNELS
-        out = torch.empty(B, C, Hq, Wq, device=q.device, dtype=q.dtype)
-        stat = torch.empty(B, Hq * Wq, device=q.device, dtype=torch.float32)
-        BP, BD, BC = _blocks(q, Hq * Wq, d, C)
-        grid = (_cdiv(Hq * Wq, BP), _cdiv(C, BC), B)
-        kern["fwd"][grid](
-            q, k, v, out, stat, d, C, Hq, Wq, H, W, NORM_EPS,
-            K=kernel_size, NORM=norm, IGNORE=ignore, BLOCK_P=BP, BLOCK_D=BD, BLOCK_C=BC,
-        )
-        ctx.save_for_backward(q, k, v, out, stat)
-        ctx.cfg = (kernel_size, norm, ignore)
+        out, stat = triton_forward(q, k, v, kernel_size, normalization, padding)
+        ctx.save_for_backward(q, k, v, stat)
+        ctx.cfg = (kernel_size, normalization, padding)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, stat = ctx.saved_tensors
-        K, norm, ignore = ctx.cfg
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        g = grad_out.contiguous()
-        if g.dtype != q.dtype:
-            g = g.to(q.dtype)
-        B, d, Hq, Wq = q.shape
-        C, H, W = v.shape[1:]
-        kern = _KERNELS
-        MR, MC = _max_per_centre(Hq, H), _max_per_centre(Wq, W)
-
-        delta = stat  # unused placeholder for "none"
-        if norm != 4 and (need_q or need_k):
-            delta = torch.empty(B, Hq * Wq, device=q.device, dtype=torch.float32)
-            BP, _, BC = _blocks(q, Hq * Wq, 1, C)
-            kern["delta"][(_cdiv(Hq * Wq, BP), B)](g, out, delta, C, Hq * Wq, BLOCK_P=BP, BLOCK_C=BC)
-
-        gq = gk = gv = None
-        if need_q:
-            gq = torch.empty_like(q)
-            BP, BD, BC = _blocks(q, Hq * Wq, d, C)
-            kern["bwd_q"][(_cdiv(Hq * Wq, BP), B)](
-                q, k, v, g, stat, delta, gq, d, C, Hq, Wq, H, W,
-                K=K, NORM=norm, IGNORE=ignore, BLOCK_P=BP, BLOCK_D=BD, BLOCK_C=BC,
-            )
-        if need_k:
-            gk = torch.empty_like(k)
-            BP, BD, BC = _blocks(q, H * W, d, C)
-            kern["bwd_k"][(_cdiv(H * W, BP), B)](
-                q, k, v, g, stat, delta, gk, d, C, Hq, Wq, H, W, MR, MC,
-                K=K, NORM=norm, BLOCK_P=BP, BLOCK_D=BD, BLOCK_C=BC,
-            )
-        if need_v:
-            gv = torch.empty_like(v)
-            BP, BD, BC = _blocks(q, H * W, d, C)
-            kern["bwd_v"][(_cdiv(H * W, BP), _cdiv(C, BC), B)](
-                q, k, g, stat, gv, d, C, Hq, Wq, H, W, MR, MC,
-                K=K, NORM=norm, BLOCK_P=BP, BLOCK_D=BD, BLOCK_C=BC,
-            )
+        q, k, v, stat = ctx.saved_tensors
+        gq, gk, gv = triton_backward(q, k, v, stat, grad_out, *ctx.cfg, needs=ctx.needs_input_grad[:3])
         return gq, gk, gv, None, None, None
 
 
@@ -608,70 +616,113 @@ def sapa_triton(query, key, value, kernel_size=5, normalization="softmax", paddi
 # --------------------------------------------------------------------------------------
 # ahead-of-time compilation (no GPU needed): used by the compile test
 # --------------------------------------------------------------------------------------
-_TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+def launches_for_sizes(dtype: torch.dtype, d: int, C: int, H: int, W: int, Hq: int, Wq: int,
+                       kernel_size: int = 5, normalization: str = "softmax", padding: str = "zeros",
+                       needs=(True, True, True), B: int = 2):
+    """The CUDA launches (forward, then backward) that :func:`sapa_triton` makes for these
+    sizes, with Triton ``MockTensor`` stand-ins (``data_ptr() == 0``: 16-byte aligned, as
+    fresh CUDA allocations are) instead of tensors. Returns ``[(label, (name, grid, args,
+    meta))]`` with labels ``"fwd"``, ``"bwd_q"``, ``"gather_k"``, ``"gather_v"``."""
+    from triton.runtime.jit import MockTensor
+
+    f32, P = torch.float32, kernel_size * kernel_size
+    q, k = MockTensor(dtype, [B, d, Hq, Wq]), MockTensor(dtype, [B, d, H, W])
+    v, out = MockTensor(dtype, [B, C, H, W]), MockTensor(dtype, [B, C, Hq, Wq])
+    stat = MockTensor(f32, [B, Hq * Wq])
+    need_q, need_k, need_v = needs
+    grads = [MockTensor(dtype, list(t.shape)) if n else None for t, n in zip((q, k, v), needs)]
+    w = MockTensor(f32, [B, P, Hq * Wq]) if need_v else None
+    gs = MockTensor(f32, [B, P, Hq * Wq]) if (need_q or need_k) else None
+    norm, ignore = _NORM_CODE[normalization], padding == "ignore"
+    fwd = _forward_launches(q, k, v, out, stat, kernel_size, norm, ignore, cuda=True)
+    bwd = _backward_launches(q, k, v, out, stat, *grads, w, gs, kernel_size, norm, ignore, cuda=True)
+    labels = ["fwd", "bwd_q"] + (["gather_k"] if need_k else []) + (["gather_v"] if need_v else [])
+    return list(zip(labels, fwd + bwd))
 
 
-def _aot_signature(name: str, dtype: str):
-    """Triton signature (argument name -> type string) of kernel ``name`` for ``dtype``."""
-    fn = _KERNELS[name]
-    sig = {}
-    for param in fn.params:
-        arg = param.name
-        if param.is_constexpr:
-            sig[arg] = "constexpr"
-        elif arg in ("stat_ptr", "delta_ptr"):
-            sig[arg] = "*fp32"
-        elif arg.endswith("_ptr"):
-            sig[arg] = "*" + dtype
-        elif arg == "eps":
-            sig[arg] = "fp32"
-        else:
-            sig[arg] = "i32"
-    return sig
-
-
-def compile_kernels_aot(
-    arch: int = 75,
-    dtype: torch.dtype = torch.float32,
-    kernels=None,
-    kernel_size: int = 5,
-    normalization: str = "softmax",
-    padding: str = "zeros",
-    d: int = 32,
-    C: int = 64,
-    num_warps: int = 4,
-) -> Dict[str, Dict[str, object]]:
-    """Compile kernels for ``sm_<arch>`` ahead of time, without a GPU.
-
-    One specialization per kernel: the given ``kernel_size``, ``normalization``, ``padding``
-    and the block sizes a CUDA launch would use for ``d`` and ``C``. Returns
-    ``{kernel name: {"ptx": str, "cubin": bytes, "n_regs"/"shared": ...}}``.
-    Uses ``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch,
-    32))``; ``ptxas`` ships in the Triton wheel.
-    """
+def _bind_like_runtime(launch, arch: int):
+    """(fn, target, ASTSource, options) exactly as ``kernel[grid](*args, **meta)`` would build
+    them on a ``sm_<arch>`` device: Triton's own binder specialises the arguments (integer
+    values 1 and multiples of 16, 16-byte aligned pointers), and the launch options are
+    parsed by the CUDA backend (``triton.runtime.jit.JITFunction.run``, without a device)."""
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    name, _grid, args, meta = launch
+    fn = _KERNELS[name]
+    target = GPUTarget("cuda", int(arch), 32)
+    backend = make_backend(target)
+    kwargs = dict(meta)
+    kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    return fn, target, ASTSource(fn, signature, constexprs, attrs), options
+
+
+def launch_key(launch, arch: int) -> str:
+    """A string that is equal for two launches exactly when the runtime compiles them to the
+    same binary (same kernel, signature, constants, attributes and options)."""
+    _fn, _target, src, options = _bind_like_runtime(launch, arch)
+    return f"{arch}:{src.hash()}:{sorted(options.__dict__.items())}"
+
+
+_PTXAS_RE = {
+    "registers": re.compile(r"Used (\d+) registers"),
+    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
+    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
+    "stack": re.compile(r"(\d+) bytes stack frame"),
+}
+
+
+def parse_ptxas_log(log: str) -> Dict[str, int]:
+    """Registers, spill bytes and stack frame from ``ptxas -v`` output (ValueError if absent)."""
+    res = {}
+    for key, rx in _PTXAS_RE.items():
+        found = rx.findall(log)
+        if not found:
+            raise ValueError(f"no {key!r} in the ptxas log:\n{log}")
+        res[key] = max(int(x) for x in found)
+    return res
+
+
+def compile_launch_aot(launch, arch: int) -> Dict[str, object]:
+    """Compile one launch for ``sm_<arch>`` ahead of time, without a GPU, as the runtime would,
+    and run ``ptxas -v`` (the Triton wheel's, with Triton's flags) on its PTX.
+
+    Returns ``{"ptx_target", "entry", "cubin_bytes", "num_warps", "registers",
+    "spill_stores", "spill_loads", "stack", "ptxas_log"}``.
+    """
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+    from triton.compiler import compile as triton_compile
 
     if INTERPRETED:
-        raise RuntimeError("compile_kernels_aot needs a process without TRITON_INTERPRET=1")
-
-    target = GPUTarget("cuda", int(arch), 32)
-    tdt = _TRITON_DTYPE[dtype]
-    BP, BD, BC = _cuda_blocks(d, C)
-    consts_all = {
-        "K": kernel_size, "NORM": _NORM_CODE[normalization], "IGNORE": padding == "ignore",
-        "BLOCK_P": BP, "BLOCK_D": BD, "BLOCK_C": BC,
+        raise RuntimeError("compile_launch_aot needs a process without TRITON_INTERPRET=1")
+    fn, target, src, options = _bind_like_runtime(launch, arch)
+    ck = triton_compile(src, target=target, options=options.__dict__)
+    ptx = ck.asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as fh:
+            fh.write(ptx)
+        fmad = [] if options.enable_fp_fusion else ["--fmad=false"]
+        cmd = [get_ptxas(int(arch)).path, "-lineinfo", *fmad, "-v", "--regAllocOptLevel=2",
+               f"--gpu-name={sm_arch_from_capability(int(arch))}", path, "-o", path + ".o"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    log = proc.stderr + proc.stdout
+    target_m = re.search(r"^\.target\s+(\S+)", ptx, re.M)
+    return {
+        "ptx_target": target_m.group(1) if target_m else None,
+        "entry": f".entry {fn.__name__}" in ptx,
+        "cubin_bytes": len(ck.asm["cubin"]),
+        "num_warps": options.num_warps,
+        "ptxas_log": log,
+        **parse_ptxas_log(log),
     }
-    result = {}
-    for name in kernels or KERNEL_NAMES:
-        fn = _KERNELS[name]
-        sig = _aot_signature(name, tdt)
-        consts = {k: v for k, v in consts_all.items() if k in fn.arg_names}
-        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
-        ck = triton.compile(src, target=target, options={"num_warps": num_warps})
-        result[name] = {
-            "ptx": ck.asm["ptx"],
-            "cubin": ck.asm["cubin"],
-            "n_regs": getattr(ck, "n_regs", None),
-            "shared": ck.metadata.shared,
-        }
-    return result
