@@ -262,7 +262,7 @@ def main(argv=None) -> int:
         return _fail("no CUDA GPU here: this check needs one (the CPU path is covered by the tests, "
                      "which run the kernels through Triton's interpreter)", 2)
     try:
-        from . import triton_ops  # noqa: F401
+        from .backends import triton as triton_ops
     except ImportError as exc:
         return _fail(f"Triton is not usable here ({exc}); pip install triton", 2)
     x = torch.zeros(1, 1, 2, 2, device="cuda")

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 from typing import Dict
 
-__all__ = ["bytes_moved", "METHODS", "bytes_breakdown"]
+__all__ = ["bytes_moved", "METHODS", "bytes_breakdown", "backward_breakdown", "backward_bytes",
+           "SCRATCH_BYTES"]
 
 METHODS = ("materialised", "two_kernel", "fused")
 
 #: bytes of the float32 per-pixel statistic the fused forward saves for its backward
 STAT_BYTES = 4
+#: bytes of one element of the fused backward's float32 scratch (weights, logit gradients)
+SCRATCH_BYTES = 4
 
 
 def _sizes(B, H, W, s):
@@ -87,3 +90,44 @@ def bytes_moved(B: int, C: int, d: int, K: int, s: float, H: int, W: int,
     ``fused <= two_kernel <= materialised`` whenever ``b P >= 1``.
     """
     return int(sum(bytes_breakdown(B, C, d, K, s, H, W, dtype_bytes, method).values()))
+
+
+def backward_breakdown(B: int, C: int, d: int, K: int, s: float, H: int, W: int, dtype_bytes: int,
+                       needs=(True, True, True)) -> Dict[str, int]:
+    """Modelled global-memory bytes of the fused backward pass, by kernel and tensor.
+
+    Same notation and assumptions as :func:`bytes_breakdown`; ``needs`` says which of the
+    query, key and value gradients are computed. With ``S = SCRATCH_BYTES = 4``:
+
+    * query-gradient kernel: reads ``q`` (dN), ``k`` (dn), ``g`` (CN) and the statistic (4N);
+      if ``grad_q`` or ``grad_k`` is needed, also ``v`` (Cn) and the round trip of
+      ``gw_p = g . v_p`` through the scratch (S PN written in its first pass, read in its
+      second), the logit gradients written for the key gradient (S PN) and ``grad_q`` (dN);
+      if ``grad_v`` is needed, the weights written (S PN);
+    * key-gradient kernel: reads the logit gradients (S PN) and ``q`` (dN), writes ``grad_k`` (dn);
+    * value-gradient kernel: reads the weights (S PN) and ``g`` (CN), writes ``grad_v`` (Cn).
+    """
+    N, n = _sizes(B, H, W, s)
+    P, b, S = K * K, dtype_bytes, SCRATCH_BYTES
+    need_q, need_k, need_v = (bool(x) for x in needs)
+    need_gw = need_q or need_k
+    terms = {"q-kernel: read q, k, g, stat": b * (d * N + d * n + C * N) + STAT_BYTES * N}
+    if need_gw:
+        terms["q-kernel: read v"] = b * C * n
+        terms["q-kernel: gw scratch (write, read)"] = 2 * S * P * N
+    if need_q:
+        terms["q-kernel: write grad_q"] = b * d * N
+    if need_k:
+        terms["q-kernel: write logit gradients"] = S * P * N
+        terms["k-kernel: read logit gradients and q, write grad_k"] = S * P * N + b * (d * N + d * n)
+    if need_v:
+        terms["q-kernel: write weights"] = S * P * N
+        terms["v-kernel: read weights and g, write grad_v"] = S * P * N + b * (C * N + C * n)
+    return terms
+
+
+def backward_bytes(B: int, C: int, d: int, K: int, s: float, H: int, W: int, dtype_bytes: int,
+                   needs=(True, True, True)) -> int:
+    """Total of :func:`backward_breakdown`. With every gradient:
+    ``b (3dN + 2dn + 2Cn + 2CN) + 4N + 6 S PN`` (S = 4)."""
+    return int(sum(backward_breakdown(B, C, d, K, s, H, W, dtype_bytes, needs).values()))

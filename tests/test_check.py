@@ -14,7 +14,7 @@ import torch
 
 import sapa
 from sapa import check
-from sapa.ops import register_backend
+from sapa.backends import _BACKENDS, register_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,21 +37,19 @@ def test_random_cases_cover_every_option_and_odd_sizes():
 @pytest.fixture
 def fake_backends():
     """Two wrong backends: 'off' perturbs the output, 'noisy' is not bitwise repeatable."""
-    def off(q, k, v, K, norm, pad):
-        return sapa.sapa_upsample(q, k, v, K, normalization=norm, padding=pad, backend="torch") * (1 + 1e-3)
+    def off(q, k, v, K, norm, pad):  # differentiated by autograd (no backward given)
+        out = sapa.sapa_upsample(q, k, v, K, normalization=norm, padding=pad, backend="torch") * (1 + 1e-3)
+        return out, out.new_empty(0)
 
     def noisy(q, k, v, K, norm, pad):
         out = sapa.sapa_upsample(q, k, v, K, normalization=norm, padding=pad, backend="torch")
-        return out + 1e-9 * torch.randn_like(out)
+        return out + 1e-9 * torch.randn_like(out), out.new_empty(0)
 
     register_backend("test_off", off)
     register_backend("test_noisy", noisy)
     yield
-    from sapa import ops
-
     for name in ("test_off", "test_noisy"):
-        ops._BACKENDS.pop(name, None)
-        ops._BACKEND_AVAILABLE.pop(name, None)
+        _BACKENDS.pop(name, None)
 
 
 def test_check_case_passes_and_fails(fake_backends):
@@ -102,7 +100,8 @@ def test_command_line_without_cuda():
 
 INTERPRETER_CHECK = r"""
 import json, torch
-from sapa import check, triton_ops
+from sapa import check
+from sapa.backends import triton as triton_ops
 assert triton_ops.INTERPRETED
 triton_ops.INTERPRETER_BLOCKS.update(max_p=16, max_c=4)  # several tiles and channel blocks
 cases = check.random_cases(10, seed=1, max_low=5, max_d=5, max_c=6, kernel_sizes=(1, 3, 5), max_batch=2)

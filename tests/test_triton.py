@@ -78,6 +78,29 @@ def test_available_outside_interpreter():
         sapa.sapa_upsample(x, x, x, 3, backend="triton")
 
 
+@needs_triton
+@normal_only
+def test_index_range_guard():
+    triton_ops.check_index_range(32, 512, 5, 2048, 2047, 1024, 1024)  # 512 * 2048 * 2047 < 2**31
+    with pytest.raises(ValueError, match=r"C, d, K\*K\) \* H' \* W' = 2147483648 >= 2\*\*31"):
+        triton_ops.check_index_range(32, 512, 5, 2048, 2048, 1024, 1024)
+    with pytest.raises(ValueError, match=r"\(H \+ 1\) \* H'"):
+        triton_ops.check_index_range(1, 1, 1, 65536, 1, 32768, 1)
+
+
+@needs_triton
+@normal_only
+def test_cuda_configs_are_powers_of_two_and_cover_every_kernel():
+    for kernel in ("fwd", "bwd_q", "gather_k", "gather_v"):
+        for d, C in ((32, 64), (32, 512), (5, 3), (64, 1)):
+            cfg = triton_ops.cuda_config(kernel, d, C)
+            blocks = [v for k, v in cfg.items() if k.startswith("BLOCK_")]
+            assert blocks and all(b & (b - 1) == 0 for b in blocks), (kernel, cfg)
+            assert cfg["num_warps"] in (1, 2, 4, 8) and cfg["maxnreg"] <= 255
+    with pytest.raises(ValueError, match="unknown kernel"):
+        triton_ops.cuda_config("bogus", 32, 64)
+
+
 # ---- everything below runs only in the interpreter process ---------------------------
 
 
@@ -185,6 +208,18 @@ def test_backward_is_deterministic(monkeypatch):
 
 
 @interp_only
+def test_sapa_triton_direct_call():
+    # the autograd.Function behind backend="triton", called without sapa_upsample's dispatch
+    q, k, v, g = _inputs(1, 3, 5, 4, 5, 9, 11, seed=8)
+    leaves = [t.float().requires_grad_() for t in (q, k, v)]
+    out = triton_ops.sapa_triton(*leaves, 3, "softplus", "ignore")
+    out.backward(g.float())
+    ref = _run("reference", q, k, v, g, torch.float64, 3, "softplus", "ignore")
+    for a, e in zip([out] + [t.grad for t in leaves], ref):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * max(1.0, e.abs().max().item()))
+
+
+@interp_only
 def test_available_in_interpreter():
     x = torch.zeros(1, 1, 2, 2)
     assert triton_ops.available(x)
@@ -220,6 +255,24 @@ def test_traffic_ordering(B, C, d, K, s, H, W, dtype_bytes):
     assert sum(bytes_breakdown(B, C, d, K, s, H, W, dtype_bytes, "fused").values()) == f
     with pytest.raises(ValueError):
         bytes_moved(B, C, d, K, s, H, W, dtype_bytes, "bogus")
+
+
+@normal_only
+@pytest.mark.parametrize("dtype_bytes", [2, 4])
+@pytest.mark.parametrize("B,C,d,K,s,H,W", [(2, 256, 32, 5, 2, 64, 64), (1, 3, 5, 3, 3, 4, 7)])
+def test_traffic_backward_formula(B, C, d, K, s, H, W, dtype_bytes):
+    from sapa.traffic import backward_breakdown, backward_bytes
+
+    N, n, P, b = B * s * H * s * W, B * H * W, K * K, dtype_bytes
+    full = b * (3 * d * N + 2 * d * n + 2 * C * n + 2 * C * N) + 4 * N + 6 * 4 * P * N
+    assert backward_bytes(B, C, d, K, s, H, W, b) == full
+    # only grad_value: q, k, g, stat read; weights written and read back; g read; grad_v written
+    only_v = b * (d * N + d * n + C * N) + 4 * N + 2 * 4 * P * N + b * (C * N + C * n)
+    assert backward_bytes(B, C, d, K, s, H, W, b, needs=(False, False, True)) == only_v
+    parts = [backward_bytes(B, C, d, K, s, H, W, b, needs=nd) for nd in
+             [(True, False, False), (False, True, False), (False, False, True), (True, True, True)]]
+    assert max(parts[:3]) < parts[3]
+    assert sum(backward_breakdown(B, C, d, K, s, H, W, b).values()) == full
 
 
 # keep only the tests of this process's mode (no pile of "skipped" in either run)

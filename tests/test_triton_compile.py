@@ -2,7 +2,7 @@
 
 For the head's sizes (``d = 32``, ``C`` in 64..512, ``K = 5``, ``s = 2``; one size whose
 spatial dimensions are multiples of 16 and one whose are not, since Triton specialises integer
-arguments on divisibility by 16) the test asks ``sapa.triton_ops.launches_for_sizes`` for the
+arguments on divisibility by 16) the test asks ``sapa.backends.triton.launches_for_sizes`` for the
 launches ``sapa_triton`` makes (same kernels, constexprs, BLOCK sizes and ``num_warps``), binds
 their arguments with Triton's own runtime binder (``compile_launch_aot``: 16-byte aligned
 pointers and integer specialisation, exactly as ``kernel[grid](...)`` would on a device), and
@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("triton")
 import torch  # noqa: E402
 
-from sapa import triton_ops  # noqa: E402
+from sapa.backends import triton as triton_ops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _triton_worker  # noqa: E402

@@ -95,37 +95,6 @@ def register_backend(
 
 
 # ---- optional backends: imported on first use, once ----------------------------------
-class _Ctx:
-    """Stand-in for an autograd ``ctx`` to call an ``autograd.Function``'s static methods."""
-
-    def __init__(self, saved=(), cfg=None, needs=(True, True, True)):
-        self.saved_tensors, self.cfg, self.needs_input_grad = tuple(saved), cfg, tuple(needs) + (False,) * 3
-
-    def save_for_backward(self, *tensors):
-        self.saved_tensors = tensors
-
-
-def _load_triton() -> Backend:
-    from . import triton as tr
-
-    fn = tr._SapaTritonFn
-
-    def forward(query, key, value, kernel_size, normalization, padding):
-        ctx = _Ctx()
-        out = fn.forward(ctx, query, key, value, kernel_size, normalization, padding)
-        return out, ctx.saved_tensors[4]
-
-    def backward(grad_out, query, key, value, out, stat, kernel_size, normalization, padding, needs):
-        saved = (query.contiguous(), key.contiguous(), value.contiguous(), out, stat)
-        ctx = _Ctx(saved, (kernel_size, tr._NORM_CODE[normalization], padding == "ignore"), needs)
-        return tuple(fn.backward(ctx, grad_out)[:3])
-
-    def auto(query):
-        return query.is_cuda and tr.available(query)
-
-    return Backend("triton", forward, backward, tr.available, auto, saves_stat=True)
-
-
 def _module_loader(module: str) -> Callable[[], Backend]:
     """Loader of a backend module exposing ``forward``, ``backward``, ``available`` [, ``auto``]."""
 
@@ -140,7 +109,7 @@ def _module_loader(module: str) -> Callable[[], Backend]:
 
 #: optional backends: name -> loader (called once; an ImportError marks the backend missing)
 _OPTIONAL: Dict[str, Callable[[], Backend]] = {
-    "triton": _load_triton,
+    "triton": _module_loader("sapa.backends.triton"),
     "cpp": _module_loader("sapa.backends.cpp"),
 }
 _MISSING: Dict[str, str] = {}  # name -> why its import failed

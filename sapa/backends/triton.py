@@ -24,8 +24,9 @@ rule of ``sapa.window_centres``, valid for any ``H' >= H``, ``W' >= W``). A wind
 (``other=0``): its key is 0, so its similarity is exactly 0, and its value is 0 -- that is
 ``padding="zeros"`` for free. For ``padding="ignore"`` its weight is forced to 0 instead
 (``-inf`` before the online softmax, ``h = 0`` for the other normalisations). Batch offsets
-are computed in int64; offsets inside one batch item are int32 (fine below 2**31
-elements per item and tensor). Half-precision inputs are converted to float32 right after
+are computed in int64; offsets inside one batch item are int32, and
+:func:`check_index_range` raises a ValueError before any launch where they could overflow
+(``max(C, d, K*K) * H' * W' >= 2**31``, e.g. C = 512 at 2048 x 2048). Half-precision inputs are converted to float32 right after
 every load; all arithmetic is float32; results are cast to the input dtype at the store.
 
 Normalisations (constexpr ``NORM``): 0 softmax, 1 relu, 2 sigmoid, 3 softplus, 4 none.
@@ -59,8 +60,8 @@ while giving the GPU ``C / BLOCK_C`` times more independent programs.
 Backward
 --------
 With ``w_p`` the weights, ``g`` the output gradient of a pixel, ``gw_p = g . v_p`` and
-``D = g . out = sum_p w_p gw_p`` (computed per pixel by ``_sapa_delta_kernel``, the
-analogue of FlashAttention's ``delta``), the logit gradients are
+``D = g . out = sum_p w_p gw_p`` (the analogue of FlashAttention's ``delta``), the logit
+gradients are
 
 * softmax: ``gs_p = w_p (gw_p - D)``, with ``w_p = exp(s_p - lse)`` recomputed;
 * h-normalisations: ``gs_p = h'(s_p) (gw_p - D) / den`` with ``w_p = h(s_p) / den``;
@@ -69,32 +70,45 @@ analogue of FlashAttention's ``delta``), the logit gradients are
 (ignored positions have ``w_p = gs_p = 0``) and then ``grad_q = sum_p gs_p k_p``,
 ``grad_k[l + p] += gs_p q``, ``grad_v[l + p] += w_p g``. Zero-padded positions need no
 special case: their key and value are 0, so they contribute to ``D`` and ``lse`` (as they
-should) but to no gradient.
+should) but to no gradient. Three kernels:
 
-* ``_sapa_bwd_q_kernel``, grid (output pixel tiles, B): per pixel tile, loop over the
-  window; recompute ``s_p`` and ``w_p``; ``gw_p`` by a loop over channel blocks of ``g``
-  and the gathered values; accumulate ``gs_p k_p`` in a ``BLOCK_P x BLOCK_D`` register
-  block; one store.
-* ``_sapa_bwd_v_kernel`` (grid (low-res pixel tiles, channel blocks, B)) and
-  ``_sapa_bwd_k_kernel`` (grid (low-res pixel tiles, B)) gather instead of scatter: the
-  gradient of low-res pixel ``(a, b)`` is computed by exactly one program. For window
-  offset ``(dy, dx)`` the outputs that see ``(a, b)`` at that offset are those whose centre
-  is ``(r, c) = (a - dy + R, b - dx + R)``; the output rows with centre ``r`` are the
-  contiguous range ``[ceil(r H'/H), ceil((r+1) H'/H))``, at most ``MR = ceil(H'/H)`` rows
-  (columns likewise, ``MC``). The kernel loops over ``(dy, dx)`` and ``MR x MC`` candidate
-  outputs, masks the ones outside the range, recomputes ``s`` and ``w`` from ``q``, the own
-  key and the saved statistic, and accumulates ``w g`` (values) or ``gs q`` (keys; ``gw`` by
-  a loop over channel blocks). The value and key gradients are separate kernels because
-  the key gradient needs all ``C`` channels for ``gw`` while the value gradient is tiled
-  over channels.
+* ``_sapa_bwd_q_kernel``, grid (output pixel tiles, B). Pass 1 loops over the window:
+  ``gw_p`` by a loop over channel blocks of ``g`` and the gathered values (the only
+  ``C``-long work of the backward, done once per output pixel and window position), kept in a
+  float32 scratch ``(B, K*K, H'W')``, and ``D = sum_p w_p gw_p`` in float32 (from the
+  weights, not from the stored output, which is rounded in half precision: no extra kernel
+  and no read of the output). Pass 2 (after a barrier: it reads what other threads of the
+  program stored) loops over the window again, recomputes ``s_p`` and ``w_p`` (``d``
+  multiply-adds), turns ``gw_p`` into ``gs_p``, accumulates ``gs_p k_p`` in a
+  ``BLOCK_P x BLOCK_D`` register block, and stores ``gs_p`` (for the key gradient) and
+  ``w_p`` (for the value gradient) in the scratch.
+* ``_sapa_bwd_k_kernel`` and ``_sapa_bwd_v_kernel``, grid (low-res pixel tiles, feature
+  blocks, B), gather instead of scatter: the gradient of low-res pixel ``(a, b)`` is computed
+  by exactly one program. For window offset ``(dy, dx)`` the outputs that see ``(a, b)`` at
+  that offset are those whose centre is ``(r, c) = (a - dy + R, b - dx + R)``; the output
+  rows with centre ``r`` are the contiguous range ``[ceil(r H'/H), ceil((r+1) H'/H))``, at
+  most ``MR = ceil(H'/H)`` rows (columns likewise, ``MC``). ``_gather_offset`` loops over the
+  ``MR x MC`` candidates, masks the ones outside the range, and accumulates the stored
+  coefficient times the output-resolution tensor: ``gs q`` (keys, blocks of ``d``) or
+  ``w g`` (values, blocks of ``C``). Nothing is recomputed, and splitting the features into
+  blocks gives the key gradient ``d / BLOCK_F`` times more programs.
 
-No atomics, no ``(B, K*K, H', W')`` tensor, fixed loop orders: gradients are bitwise
-reproducible from run to run. The forward saves ``q, k, v``, the output (for ``D``; in
-half precision ``D`` is computed from the rounded output, as FlashAttention does) and the
-per-pixel statistic. The price of not storing ``gs`` is arithmetic: the similarities are
-recomputed by every backward kernel and ``gw_p`` (``C`` multiply-adds per output pixel and
-window position) both by ``_sapa_bwd_q_kernel`` and ``_sapa_bwd_k_kernel``; for SAPA's
-small ``d`` and ``K`` the kernels stay memory-bound anyway.
+No atomics, no saved ``(B, K*K, H', W')`` tensor (the scratch lives only during the
+backward), fixed loop orders: gradients are bitwise reproducible from run to run. The
+forward keeps ``q, k, v`` and the per-pixel statistic.
+
+Launch configuration and registers
+----------------------------------
+:func:`cuda_config` picks the tiles and warps of every GPU launch. A thread keeps its share of
+every ``BLOCK_P x BLOCK_C`` tile in registers, and Triton also holds one 64-bit address per
+element of a gathered tile, so large tiles exceed the 255-register limit and *spill* to
+local memory. The configurations use 4 warps with an explicit cap of 168 registers (three
+programs per SM; without a cap ptxas sometimes picks 128 and spills) and tiles that fit
+under it: ``tests/test_triton_compile.py`` compiles every launch for sm_80 and sm_90 with the
+runtime's own argument specialisation and fails on any spill reported by ``ptxas -v``. The
+window loops are ``range(K)`` loops over a compile-time ``K``: fully unrolled
+(``tl.static_range``) the compiler hoists the loads of all ``K*K`` positions and the forward
+spilled tens of kilobytes per thread.
 
 Running without a GPU
 ---------------------
@@ -106,9 +120,9 @@ the CPU path is a property of the process: :data:`INTERPRETED` records it, :func
 accepts CPU tensors only in such a process (and CUDA tensors only outside one). The tests
 run the interpreter in a child process started with the variable set. The interpreter is
 slow (every kernel statement is a numpy call per program) and meant for tests only.
-:func:`compile_kernels_aot` compiles every kernel to PTX and cubin for a given GPU
-architecture without a GPU (``ptxas`` ships with the Triton wheel), in a process without
-``TRITON_INTERPRET``.
+:func:`compile_launch_aot` compiles a launch (:func:`launches_for_sizes`) to PTX and cubin
+for a given GPU architecture without a GPU (``ptxas`` ships with the Triton wheel), in a
+process without ``TRITON_INTERPRET``, and reports its registers and spills.
 """
 from __future__ import annotations
 
@@ -127,8 +141,9 @@ except Exception as exc:  # pragma: no cover - exercised only without triton
 
 from ..normalize import NORM_EPS
 
-__all__ = ["sapa_triton", "available", "triton_forward", "triton_backward", "check_index_range",
-           "cuda_config", "launches_for_sizes", "compile_launch_aot", "KERNEL_NAMES", "INTERPRETED"]
+__all__ = ["forward", "backward", "available", "auto", "sapa_triton", "triton_forward", "triton_backward",
+           "check_index_range", "cuda_config", "launches_for_sizes", "compile_launch_aot", "KERNEL_NAMES",
+           "INTERPRETED"]
 
 _NORM_CODE = {"softmax": 0, "relu": 1, "sigmoid": 2, "softplus": 3, "none": 4}
 
@@ -340,11 +355,42 @@ def _sapa_bwd_q_kernel(
 
 
 @triton.jit
-def _sapa_bwd_gather_kernel(
-    coef_ptr, x_ptr, out_ptr,
-    F, Hq, Wq, H, W, MR, MC,
+def _gather_offset(acc, c_base, x_base, offs_f, mask_f, a, b, mask_p, Hq, Wq, H, W, MR, MC,
+                   dy, dx, R: tl.constexpr, K: tl.constexpr):
+    """acc += sum over the outputs o that see low-res pixel (a, b) at window offset (dy, dx)
+    of coef[o, p] * x[o, features]; coef (B, K*K, H'W') float32, x (B, F, H'W')."""
+    HWq = Hq * Wq
+    r = a - (dy - R)  # centre row of the outputs that see (a, b) at row offset dy
+    ok_r = (r >= 0) & (r < H) & mask_p
+    r = tl.where(ok_r, r, 0)
+    i0 = (r * Hq + H - 1) // H
+    i1 = ((r + 1) * Hq + H - 1) // H
+    c = b - (dx - R)
+    ok_c = (c >= 0) & (c < W) & ok_r
+    c = tl.where(ok_c, c, 0)
+    j0 = (c * Wq + W - 1) // W
+    j1 = ((c + 1) * Wq + W - 1) // W
+    for u in range(MR):
+        oi = i0 + u
+        ok_i = ok_c & (oi < i1)
+        for t in range(MC):
+            oj = j0 + t
+            ok = ok_i & (oj < j1)
+            opix = oi * Wq + oj
+            coef = tl.load(c_base + (dy * K + dx) * HWq + opix, mask=ok, other=0.0)
+            xx = tl.load(x_base + offs_f[None, :] * HWq + opix[:, None],
+                         mask=ok[:, None] & mask_f[None, :], other=0.0).to(tl.float32)
+            acc += coef[:, None] * xx
+    return acc
+
+
+@triton.jit
+def _sapa_bwd_v_kernel(
+    w_ptr, g_ptr, gv_ptr,
+    C, Hq, Wq, H, W, MR, MC,
     K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
+    """grad_value[l] = sum over the (output o, window position p) that see l of w[o, p] g[o]."""
     pid_p = tl.program_id(0)
     pid_f = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -355,43 +401,54 @@ def _sapa_bwd_gather_kernel(
     mask_p = offs_p < HW
     a = offs_p // W
     b = offs_p % W
-    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask_f = offs_f < F
-
-    c_base = coef_ptr + pid_b * (K * K) * HWq
-    x_base = x_ptr + pid_b * F * HWq
-    acc = tl.zeros([BLOCK_P, BLOCK_F], tl.float32)
+    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)  # value channels
+    mask_f = offs_f < C
+    w_base = w_ptr + pid_b * (K * K) * HWq
+    g_base = g_ptr + pid_b * C * HWq
+    gv = tl.zeros([BLOCK_P, BLOCK_F], tl.float32)
     for dy in range(K):
-        r = a - (dy - R)  # centre row of the outputs that see (a, b) at row offset dy
-        ok_r = (r >= 0) & (r < H) & mask_p
-        r = tl.where(ok_r, r, 0)
-        i0 = (r * Hq + H - 1) // H
-        i1 = ((r + 1) * Hq + H - 1) // H
         for dx in range(K):
-            c = b - (dx - R)
-            ok_c = (c >= 0) & (c < W) & ok_r
-            c = tl.where(ok_c, c, 0)
-            j0 = (c * Wq + W - 1) // W
-            j1 = ((c + 1) * Wq + W - 1) // W
-            for u in range(MR):
-                oi = i0 + u
-                ok_i = ok_c & (oi < i1)
-                for t in range(MC):
-                    oj = j0 + t
-                    ok = ok_i & (oj < j1)
-                    opix = oi * Wq + oj
-                    coef = tl.load(c_base + (dy * K + dx) * HWq + opix, mask=ok, other=0.0)
-                    xx = tl.load(x_base + offs_f[None, :] * HWq + opix[:, None],
-                                 mask=ok[:, None] & mask_f[None, :], other=0.0).to(tl.float32)
-                    acc += coef[:, None] * xx
-    tl.store(out_ptr + pid_b * F * HW + offs_f[None, :] * HW + offs_p[:, None],
-             acc.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_f[None, :])
+            gv = _gather_offset(gv, w_base, g_base, offs_f, mask_f, a, b, mask_p, Hq, Wq, H, W, MR, MC,
+                                dy, dx, R, K)
+    tl.store(gv_ptr + pid_b * C * HW + offs_f[None, :] * HW + offs_p[:, None],
+             gv.to(gv_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_f[None, :])
+
+
+@triton.jit
+def _sapa_bwd_k_kernel(
+    gs_ptr, q_ptr, gk_ptr,
+    d, Hq, Wq, H, W, MR, MC,
+    K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """grad_key[l] = sum over the (output o, window position p) that see l of gs[o, p] q[o]."""
+    pid_p = tl.program_id(0)
+    pid_f = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    R: tl.constexpr = K // 2
+    HWq = Hq * Wq
+    HW = H * W
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # low-res pixels (a, b)
+    mask_p = offs_p < HW
+    a = offs_p // W
+    b = offs_p % W
+    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)  # embedding channels
+    mask_f = offs_f < d
+    gs_base = gs_ptr + pid_b * (K * K) * HWq
+    q_base = q_ptr + pid_b * d * HWq
+    gk = tl.zeros([BLOCK_P, BLOCK_F], tl.float32)
+    for dy in range(K):
+        for dx in range(K):
+            gk = _gather_offset(gk, gs_base, q_base, offs_f, mask_f, a, b, mask_p, Hq, Wq, H, W, MR, MC,
+                                dy, dx, R, K)
+    tl.store(gk_ptr + pid_b * d * HW + offs_f[None, :] * HW + offs_p[:, None],
+             gk.to(gk_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_f[None, :])
 
 
 _KERNELS = {
     "fwd": _sapa_fwd_kernel,
     "bwd_q": _sapa_bwd_q_kernel,
-    "bwd_gather": _sapa_bwd_gather_kernel,
+    "bwd_k": _sapa_bwd_k_kernel,
+    "bwd_v": _sapa_bwd_v_kernel,
 }
 #: names of the kernels, in launch order
 KERNEL_NAMES: Tuple[str, ...] = tuple(_KERNELS)
@@ -534,13 +591,12 @@ def _backward_launches(q, k, v, g, stat, gq, gk, gv, w, gs, K: int, norm: int, i
         dict(K=K, NORM=norm, IGNORE=ignore, NEED_GQ=gq is not None, NEED_GS=gk is not None,
              NEED_W=gv is not None, **cfg),
     ))
-    for name, coef, x, res, F in (("gather_k", gs, q, gk, d), ("gather_v", w, g, gv, C)):
+    for name, label, coef, x, res, F in (("bwd_k", "gather_k", gs, q, gk, d), ("bwd_v", "gather_v", w, g, gv, C)):
         if res is None:
             continue
-        cfg = _config(cuda, name, H * W, d, C)
+        cfg = _config(cuda, label, H * W, d, C)
         grid = (_cdiv(H * W, cfg["BLOCK_P"]), _cdiv(F, cfg["BLOCK_F"]), B)
-        launches.append(("bwd_gather", grid, (coef, x, res, F, Hq, Wq, H, W, MR, MC),
-                         dict(K=K, **cfg)))
+        launches.append((name, grid, (coef, x, res, F, Hq, Wq, H, W, MR, MC), dict(K=K, **cfg)))
     return launches
 
 
@@ -603,7 +659,8 @@ class _SapaTritonFn(torch.autograd.Function):
 
 
 def sapa_triton(query, key, value, kernel_size=5, normalization="softmax", padding="zeros"):
-    """The fused operator (inputs already validated by :func:`sapa.sapa_upsample`)."""
+    """The fused operator as one autograd.Function, without :func:`sapa.sapa_upsample`'s checks
+    and dispatch (inputs must be valid: see :func:`sapa.sapa_upsample`)."""
     if not available(query):
         raise RuntimeError(
             f"the Triton kernels cannot run on {query.device} tensors of dtype {query.dtype} in this "
@@ -611,6 +668,29 @@ def sapa_triton(query, key, value, kernel_size=5, normalization="softmax", paddi
             "before triton is imported, CUDA tensors need it unset"
         )
     return _SapaTritonFn.apply(query, key, value, kernel_size, normalization, padding)
+
+
+# ---- the backend interface (sapa.backends) ----------------------------------------------
+#: the forward's ``stat`` (B, H'*W') is what the backward needs besides the inputs
+SAVES_STAT = True
+
+
+def forward(query, key, value, kernel_size, normalization, padding):
+    """Backend forward: ``(out (B, C, H', W'), stat (B, H'*W') float32)``."""
+    return triton_forward(query.contiguous(), key.contiguous(), value.contiguous(), kernel_size,
+                          normalization, padding)
+
+
+def backward(grad_out, query, key, value, out, stat, kernel_size, normalization, padding, needs):
+    """Backend backward: ``(grad_query, grad_key, grad_value)``, None where ``needs`` is False
+    (``out`` is not used: the kernels take ``g . out`` from the weights)."""
+    return triton_backward(query.contiguous(), key.contiguous(), value.contiguous(), stat, grad_out,
+                           kernel_size, normalization, padding, needs=tuple(needs))
+
+
+def auto(query) -> bool:
+    """``backend="auto"`` picks the fused kernels for CUDA tensors they run on."""
+    return query.is_cuda and available(query)
 
 
 # --------------------------------------------------------------------------------------
