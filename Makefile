@@ -55,6 +55,7 @@ CHROMIUM ?= /usr/bin/chromium
 browser:
 	test -x $(CHROMIUM) || { apt-get update && apt-get install -y --no-install-recommends chromium; }
 
-# Screenshots of the rendered book in _build/screenshots (needs `make book` first).
+# The browser checks of every page, and screenshots at 1280 and 400 px in _build/screenshots
+# (needs `make book` first).
 book-screenshots: $(STAMP) browser
-	SAPA_BOOK_PREBUILT=1 $(PY) -m pytest -q tests/test_book.py -k browser
+	SAPA_BOOK_PREBUILT=1 $(PY) -m pytest -q tests/test_book.py -k "browser or screenshots"
