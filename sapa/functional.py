@@ -77,9 +77,10 @@ def sapa_upsample(
         do). Half-precision inputs are accumulated in float32. B = 0 gives an empty output.
 
     The fast backends run as the ``torch.library`` op ``sapa::upsample`` (``sapa.library``),
-    so ``torch.compile`` (``fullgraph=True``, ``dynamic=True``), ``torch.export``, meta and
-    fake tensors and ``torch.func`` transforms see one opaque op with a shape function; the
-    ONNX exporters get the reference formulation (standard ops) instead.
+    so ``torch.compile`` (``fullgraph=True``, ``dynamic=True``), ``torch.export``,
+    ``torch.jit.trace``, meta and fake tensors and ``torch.func`` transforms see one opaque op
+    with a shape function; plain eager calls run the same backend functions without the op's
+    Python dispatch. The ONNX exporters get the reference formulation (standard ops) instead.
 
     The window centre of output pixel (i, j) is (floor(i*H/H'), floor(j*W/W')), so any
     H' >= H, W' >= W works (e.g. a skip connection of size 2H+1).
@@ -89,20 +90,57 @@ def sapa_upsample(
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_choice("padding", padding, PADDINGS)
     name = resolve_backend_name(backend, query.device.type, query.dtype)
-    if torch.onnx.is_in_onnx_export():
+    plain = not torch.compiler.is_compiling() and _plain_eager(query, key, value)
+    if not plain and torch.onnx.is_in_onnx_export():  # the exporters trace: never plain eager
         # the exporters get standard ops (unfold, einsum, softmax), not the opaque sapa:: op
         name = "reference"
     if has_backward(name):
         args = (query, key, value, kernel_size, normalization, padding, name)
-        if not torch.compiler.is_compiling() and _under_functorch(query, key, value):
+        if plain:
+            # the same backend functions as the op, without the op's Python dispatch (~60-100 us a call)
+            out = _EagerUpsample.apply(query, key, value, kernel_size, normalization, padding, get_backend(name))
+        elif torch.compiler.is_compiling():
+            out = torch.ops.sapa.upsample(*args)[0]
+        elif _under_functorch(query, key, value):
             out = _library.UpsampleFunction.apply(*args)[0]  # torch.func.grad / jacrev / vmap
-        else:
+        else:  # tracing (jit.trace, export, make_fx), fake or meta tensors, dispatch modes
             out = torch.ops.sapa.upsample(*args)[0]
     else:  # made of differentiable PyTorch ops: autograd and the compiler see through it
         out = get_backend(name).forward(query, key, value, kernel_size, normalization, padding)[0]
     if _is_channels_last(value):
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+class _EagerUpsample(torch.autograd.Function):
+    """Eager fast path of ``sapa::upsample``: the backend's forward and backward, as the op's."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, kernel_size, normalization, padding, be):
+        out, stat = be.forward(query, key, value, kernel_size, normalization, padding)
+        ctx.save_for_backward(query, key, value, out, stat)
+        ctx.cfg = (kernel_size, normalization, padding, be)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, out, stat = ctx.saved_tensors
+        kernel_size, normalization, padding, be = ctx.cfg
+        needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        grads = be.backward(grad_out, query, key, value, out, stat, kernel_size, normalization, padding, needs)
+        return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 4
+
+
+def _plain_eager(*tensors: torch.Tensor) -> bool:
+    """Plain dense tensors in eager mode: nothing traces, fakes, wraps or intercepts the call."""
+    if torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack():
+        return False
+    for t in tensors:
+        if type(t) is not torch.Tensor or t.is_meta or torch._C._functorch.is_functorch_wrapped_tensor(t) \
+                or torch._is_functional_tensor(t):
+            return False
+    return True
 
 
 def _under_functorch(*tensors: torch.Tensor) -> bool:

@@ -272,3 +272,16 @@ def test_jit_trace_save_load(tmp_path):
     loaded = torch.jit.load(tmp_path / "sapa.pt")
     x2, y2 = _xy(seed=3)
     torch.testing.assert_close(loaded(x2, y2), m(x2, y2))
+
+
+def test_eager_path_equals_the_op_and_refuses_double_backward():
+    q, k, v = (t.requires_grad_() for t in _qkv(dtype=torch.float64))
+    for backend in _fast_cpu_backends():
+        out = sapa.sapa_upsample(q, k, v, 3, "relu", "ignore", backend=backend)  # eager fast path
+        op_out = torch.ops.sapa.upsample(q, k, v, 3, "relu", "ignore", backend)[0]
+        torch.testing.assert_close(out, op_out)
+        g = torch.randn_like(out)
+        torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(op_out, (q, k, v), g))
+        (gq,) = torch.autograd.grad(sapa.sapa_upsample(q, k, v, 3, backend=backend).sum(), q, create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiate twice|does not require grad"):
+            gq.sum().backward()

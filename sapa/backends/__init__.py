@@ -39,6 +39,7 @@ its name in :data:`AUTO_ORDER` if ``"auto"`` should pick it). Or, from user code
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
@@ -170,6 +171,11 @@ class _Probe:
         self.is_cuda = device_type == "cuda"
 
 
+@functools.lru_cache(maxsize=None)
+def _probe(device_type: str, dtype: torch.dtype) -> _Probe:
+    return _Probe(device_type, dtype)
+
+
 @torch.compiler.assume_constant_result  # runs at trace time: the compiler never sees the registry
 def resolve_backend_name(backend: str, device_type: str, dtype: torch.dtype) -> str:
     """Name of the backend that runs a query on ``device_type`` with ``dtype``.
@@ -179,7 +185,7 @@ def resolve_backend_name(backend: str, device_type: str, dtype: torch.dtype) -> 
     dtype), raising a ValueError that names the backend, device and dtype otherwise.
     """
     check_backend_name(backend)
-    probe = _Probe(device_type, dtype)
+    probe = _probe(device_type, dtype)
     if backend == "auto":
         for name in AUTO_ORDER:
             be = _BACKENDS.get(name)
