@@ -308,17 +308,20 @@ def _add_ratios(results: List[Dict]) -> None:
 
 
 def _add_gbps(results: List[Dict]) -> None:
+    """Add ``gbps``: the fused scheme's modelled bytes (``sapa.traffic``: forward, plus the
+    fused backward's for forward+backward rows) per second, to every fused-backend result."""
     try:
-        from .traffic import bytes_moved
+        from .traffic import backward_bytes, bytes_moved
     except ImportError:  # pragma: no cover
         return
     for r in results:
         if r["method"] in ("bilinear", BASELINE):
             continue
         size = torch.tensor([], dtype=getattr(torch, r["dtype"])).element_size()
-        nbytes = bytes_moved(r["B"], r["C"], r["d"], r["K"], r["scale"], r["H"], r["H"], size, "fused")
-        if r["backward"]:  # the backward reads q, k, v, grad_out and writes three gradients
-            nbytes *= 3
+        shape = (r["B"], r["C"], r["d"], r["K"], r["scale"], r["H"], r["H"], size)
+        nbytes = bytes_moved(*shape, "fused")
+        if r["backward"]:  # plus the fused backward's modelled bytes (every gradient)
+            nbytes += backward_bytes(*shape)
         r["gbps"] = nbytes / r["seconds"] / 1e9
 
 

@@ -103,3 +103,18 @@ def test_triton_on_cpu_is_one_line(monkeypatch):
     monkeypatch.setattr(bench, "available_backends", lambda: ("reference", "torch", "triton"))
     with pytest.raises(SystemExit, match="needs --device cuda"):
         bench.main(["--methods", "triton", "--device", "cpu"])
+
+
+def test_gbps_counts_forward_plus_fused_backward_bytes():
+    # b (dN + dn + Cn + CN) + 4N forward; b (3dN + 2dn + 2Cn + 2CN) + 4N + 24 PN backward
+    B, C, d, K, H, s, b = 2, 24, 8, 3, 6, 2, 4
+    N, n, P = B * (s * H) ** 2, B * H * H, K * K
+    fwd = b * (d * N + d * n + C * n + C * N) + 4 * N
+    bwd = b * (3 * d * N + 2 * d * n + 2 * C * n + 2 * C * N) + 4 * N + 24 * P * N
+    res = [dict(_result(m, bwd_, 1e-3, 1e-3, 1e-3), B=B, C=C, d=d, K=K, H=H, scale=s, dtype="float32")
+           for m in ("materialised", "triton") for bwd_ in (False, True)]
+    bench._add_gbps(res)
+    by = {(r["method"], r["backward"]): r for r in res}
+    assert "gbps" not in by[("materialised", False)]
+    assert by[("triton", False)]["gbps"] == pytest.approx(fwd / 1e-3 / 1e9)
+    assert by[("triton", True)]["gbps"] == pytest.approx((fwd + bwd) / 1e-3 / 1e9)
