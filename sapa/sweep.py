@@ -45,7 +45,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -79,20 +79,25 @@ CSV_COLUMNS = ["group", "setting", "upsampler", "options", "seed", "miou", "boun
                "pixel_acc", "error_rate", "loc_error_rate", "rec_error_rate", "loc_error_share",
                "params", "upsampler_params", "macs", "upsampler_macs", "flops", "time_per_iter_ms",
                "train_loss", "epochs", "converged", "dataset", "head", "size", "train_samples",
-               "run", "config_id", "config"]
+               "curve", "run", "config_id", "config"]
 
 #: settings that do not change a run's numbers (left out of its config_id)
 _NOT_DEFINING = ("out", "progress", "threads", "num_workers", "device", "resume", "download", "profile")
 
 #: the task of the stored results (book/results/main.csv, table6.csv): the boundary-dominated
-#: procedural task, the SegFormer-like head, trained to convergence (plateau schedule)
+#: procedural task, the SegFormer-like head, one fixed schedule for every upsampler: cosine
+#: over 40 epochs of 256 fresh samples (issue 18 measured bilinear's validation mIoU at
+#: .871/.923/.930/.933 after 10/20/30/40 epochs; the plateau rule stopped on epoch-loss
+#: noise), validated every 8 epochs so that the curves show how converged each run is
 STORED_TASK = dict(dataset="textures", head="segformer", size=64, stages=3, width=8, decoder_width=16,
-                   batch_size=8, lr=2e-3, train_samples=256, val_samples=1000, epochs=16,
-                   schedule="plateau", patience=2, max_decays=1, eval_every=0)
+                   batch_size=8, lr=2e-3, train_samples=256, val_samples=1000, epochs=40,
+                   schedule="cosine", eval_every=8)
 STORED_SEEDS = (0, 1, 2, 3, 4)
-#: the stored results and the argv of the command that writes each. The main comparison
-#: leaves SAPA-D out of the 2.5-hour budget (its CPU path, grid_sample over 9 points per
-#: group, costs ~30x a bilinear step); "main+sapa-d" appends its rows to the same CSV.
+#: seeds of SAPA-D's rows (outside the Holm family of the main comparison: its CPU path,
+#: grid_sample over 9 points per group, costs ~17x a SAPA-B step)
+SAPA_D_SEEDS = (0, 1, 2)
+#: the stored results and the argv of the command that writes each; "main+sapa-d" appends
+#: SAPA-D's rows to the main CSV
 STORED = {
     "main": ["--grid", "main", "--upsamplers", *[u for u in MAIN_UPSAMPLERS if u != "sapa-d"],
              "--out", "book/results/main.csv"],
@@ -114,7 +119,8 @@ def stored_command(name: str) -> str:
         return "python -m sapa.mechanism --out book/results/mechanism.csv --workers 2"
     if name not in STORED:
         raise ValueError(f"unknown stored result {name!r}; expected one of {sorted(STORED) + ['mechanism']}")
-    argv = STORED[name] + ["--seeds", *map(str, STORED_SEEDS), "--runs", "runs/sweep", "--workers", "2"]
+    seeds = SAPA_D_SEEDS if name == "main+sapa-d" else STORED_SEEDS
+    argv = STORED[name] + ["--seeds", *map(str, seeds), "--runs", "runs/sweep", "--workers", "2"]
     return "python -m sapa.sweep " + " ".join(argv + _task_flags(STORED_TASK))
 
 
@@ -206,8 +212,18 @@ def _one_run(job: Dict) -> Dict:
         time_per_iter_ms=its[len(its) // 2] if its else float("nan"), train_loss=final["train_loss"],
         epochs=len(result["epochs"]), converged="" if result.get("converged") is None else result["converged"],
         dataset=resolved.dataset, head=resolved.head, size=resolved.size, train_samples=resolved.train_samples,
-        run=job["name"], config_id=job["config_id"], config=json.dumps(job["defining"], sort_keys=True, default=str),
+        curve=json.dumps(_curve(result["epochs"])), run=job["name"], config_id=job["config_id"], config=json.dumps(job["defining"], sort_keys=True, default=str),
     )
+
+
+def _curve(epochs: List[Dict]) -> Dict[str, list]:
+    """The training curve of a run, compact: per epoch its number, training loss, lr and the
+    validation mIoU / boundary IoU (None where validation was skipped, see ``eval_every``)."""
+    def r(v, nd=5):
+        return None if v is None else round(float(v), nd)
+    return dict(epoch=[e["epoch"] for e in epochs], train_loss=[r(e["train_loss"]) for e in epochs],
+                lr=[r(e["lr"], 7) for e in epochs], val_miou=[r(e["val_miou"]) for e in epochs],
+                val_boundary_iou=[r(e["val_boundary_iou"]) for e in epochs])
 
 
 def _check_header(path: Path) -> bool:
@@ -222,7 +238,26 @@ def _check_header(path: Path) -> bool:
     return True
 
 
+def _repair_tail(path: Path) -> None:
+    """An interrupted write can leave a last line without its newline: a row appended to it
+    would be glued onto that line (and both lost when read back). Drop the partial line (it
+    is an unfinished row: finished rows always end with a newline, so its run is trained
+    again) and say so."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        data = f.seek(0) or f.read()
+        cut = data.rfind(b"\n") + 1
+        f.truncate(cut)
+    print(f"sapa.sweep: {path}: removed an unfinished last line ({len(data) - cut} bytes without a newline, "
+          f"left by an interrupted write); its run is trained again", file=sys.stderr)
+
+
 def _append_row(path: Path, row: Dict) -> None:
+    _repair_tail(path)
     has_header = _check_header(path)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -233,14 +268,69 @@ def _append_row(path: Path, row: Dict) -> None:
         os.fsync(f.fileno())
 
 
-def _jobs(grid_name, seeds, runs_dir, overrides, upsamplers):
+def _accepted_options(upsampler: str) -> Optional[Tuple[str, ...]]:
+    """Option names ``upsampler`` accepts (bilinear+conv: only ``match``; its other options
+    belong to the matched upsampler and must be given with the ``bilinear+conv:`` prefix)."""
+    if upsampler == "bilinear+conv":
+        return ("match",)
+    from .upsamplers import _REGISTRY, _options_of
+
+    return _options_of(_REGISTRY[upsampler]) if upsampler in _REGISTRY else ()
+
+
+def parse_upsampler_options(texts: Iterable[str], upsamplers: Iterable[str]) -> Dict[str, Dict]:
+    """``--upsampler-option`` values to per-upsampler options.
+
+    ``NAME:KEY=VALUE`` applies to upsampler NAME only; a bare ``KEY=VALUE`` applies to every
+    upsampler of ``upsamplers`` that accepts KEY (e.g. ``match=sapa-b`` to bilinear+conv
+    only). Values are Python literals (``kernel_size=3``) or strings. Raises ValueError
+    naming the option when NAME is not in the grid, or when no upsampler of the grid
+    accepts a bare KEY. Returns {upsampler: {key: value}} for the upsamplers that get some.
+    """
+    from .train import _parse_option
+
+    names = list(dict.fromkeys(upsamplers))
+    out: Dict[str, Dict] = {}
+    for text in texts:
+        target = None
+        head = text.split("=", 1)[0]
+        if ":" in head:
+            target, text = text.split(":", 1)
+            target = target.strip()
+            if target not in names:
+                raise ValueError(f"--upsampler-option {target}:{text}: {target!r} is not in this grid "
+                                 f"({', '.join(names)})")
+        try:
+            key, value = _parse_option(text)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(str(e)) from None
+        if target is not None:
+            out.setdefault(target, {})[key] = value
+            continue
+        takers = [n for n in names if key in (_accepted_options(n) or ())]
+        if not takers:
+            raise ValueError(f"--upsampler-option {text}: no upsampler of this grid accepts {key!r} "
+                             f"({', '.join(names)}); use NAME:{text} for one upsampler")
+        for n in takers:
+            out.setdefault(n, {})[key] = value
+    return out
+
+
+def _jobs(grid_name, seeds, runs_dir, overrides, upsamplers, per_upsampler=None):
+    """The runs of a sweep, seed-major (every setting of seed 0 first), so that an interrupted
+    sweep leaves complete, paired seeds behind."""
     jobs = []
-    for conf in grid(grid_name, upsamplers):
-        for seed in seeds:
+    per_upsampler = per_upsampler or {}
+    for seed in seeds:
+        for conf in grid(grid_name, upsamplers):
             options = _canonical_options(conf["upsampler"], dict(overrides.get("upsampler_options", {}),
+                                                                 **per_upsampler.get(conf["upsampler"], {}),
                                                                  **conf["options"]))
+            # each seed varies the data too (data_seed = seed unless given): the runs of one
+            # seed share their data and its order whatever the upsampler, so they stay paired
             train_cfg = dict(overrides, upsampler=conf["upsampler"], seed=seed, upsampler_options=options,
                              progress=False, threads=1)
+            train_cfg.setdefault("data_seed", seed)
             cid, defining = _config_id(train_cfg)
             name = f"{_run_name(conf['upsampler'], options, seed)}_{cid}"
             train_cfg["out"] = str(Path(runs_dir) / name)
@@ -251,11 +341,13 @@ def _jobs(grid_name, seeds, runs_dir, overrides, upsamplers):
 
 def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str = "runs", workers: int = 2,
               train_overrides: Optional[Dict] = None, upsamplers: Optional[Iterable[str]] = None,
-              progress: bool = True) -> List[Dict]:
+              progress: bool = True, per_upsampler: Optional[Dict[str, Dict]] = None) -> List[Dict]:
     """Train every (configuration, seed) of a grid not yet in ``out_csv``; returns the grid's rows.
 
     ``train_overrides`` are :class:`sapa.train.TrainConfig` fields applied to every run (e.g.
-    ``{"dataset": "textures", "head": "segformer"}``). Finished rows (same group, setting and
+    ``{"dataset": "textures", "head": "segformer"}``; ``data_seed`` defaults to each run's
+    seed); ``per_upsampler`` maps an upsampler's name to its own options (see
+    :func:`parse_upsampler_options`). Finished rows (same group, setting and
     run, the run's name including its ``config_id``) are skipped; new rows are appended as
     their runs finish. Runs with equal settings (e.g. SAPA-B's defaults in four ablation
     groups) are trained once and reported under each row that asks for them. Returns the
@@ -265,7 +357,8 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
     out_path = Path(out_csv)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _check_header(out_path)  # a foreign CSV is refused before anything is trained
-    jobs = _jobs(grid_name, seeds, runs_dir, dict(train_overrides or {}), upsamplers)
+    _repair_tail(out_path)
+    jobs = _jobs(grid_name, seeds, runs_dir, dict(train_overrides or {}), upsamplers, per_upsampler)
     done = {(r["group"], r["setting"], r["run"]) for r in read_csv(out_path)} if out_path.exists() else set()
     todo = [j for j in jobs if (j["group"], j["setting"], j["name"]) not in done]
     by_name: Dict[str, List[Dict]] = {}
@@ -321,32 +414,39 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
 
 def estimate(grid_name: str, seeds: Iterable[int], train_overrides: Optional[Dict] = None,
              upsamplers: Optional[Iterable[str]] = None, workers: int = 2, steps: int = 3,
-             epochs: Optional[int] = None) -> Dict:
+             epochs: Optional[int] = None, per_upsampler: Optional[Dict[str, Dict]] = None) -> Dict:
     """Predict a sweep's wall time from a timed short run of each distinct configuration.
 
-    For each distinct run setting of the grid this builds the model and the data as the
-    sweep would, times ``steps`` training steps (after one untimed warm-up step) and one
-    validation batch on one thread in this process, and extrapolates to
-    ``epochs`` (default: the config's ``epochs``, the cap of the plateau schedule) epochs of
-    ``train_samples / batch_size`` steps plus the validation passes (every
-    ``eval_every`` epochs and the last). The total is the sum over runs and seeds divided by
-    ``workers``. An upper bound when the plateau schedule stops early; the machine's load
-    at the time of the measurement does not: the steps are timed by this process's CPU time
-    (``time.process_time``, one thread), which is the wall time the step takes on an idle
-    core; the wall-clock median is reported too (``step_wall_s``).
+    For each distinct run setting of the grid (settings shared by several rows, e.g. SAPA-B's
+    defaults in four Table 6 groups, are trained once and counted once) this builds the model
+    and the data as the sweep would, times ``steps`` training steps (after one untimed
+    warm-up step) and one validation batch as validation runs it (forward, argmax and the
+    metric update of :class:`sapa.metrics.SegmentationMeter`) on one thread in this process,
+    and extrapolates to ``epochs`` (default: the config's ``epochs``) epochs of
+    ``train_samples / batch_size`` steps plus the validation passes (every ``eval_every``
+    epochs and the last). The total is the sum over runs and seeds divided by ``workers``.
+    Under the cosine schedule every run trains all ``epochs``; under "plateau" ``epochs`` is
+    a cap and the estimate an upper bound. The machine's load at the time of the measurement
+    does not enter: steps are timed by this process's CPU time (``time.process_time``, one
+    thread), the wall time the step takes on an idle core; the wall-clock median is reported
+    too (``step_wall_s``).
 
-    Returns dict with ``runs`` (per configuration: upsampler, options, step_s, eval_batch_s,
-    run_s) and ``total_s``, ``workers``, ``seeds``.
+    Returns dict with ``runs`` (per distinct configuration: upsampler, options, step_s,
+    eval_batch_s, run_s, rows = the grid rows it serves), ``total_s``, ``workers``, ``seeds``,
+    ``schedule``, ``epochs``.
     """
     import dataclasses
 
     from torch.utils.data import DataLoader
 
     from .data import make_dataset
+    from .metrics import SegmentationMeter
     from .models import Segmenter
     from .train import resolve_config
 
     seeds = list(seeds)
+    per_upsampler = per_upsampler or {}
+    rows_of: Dict[tuple, int] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = []
@@ -354,8 +454,10 @@ def estimate(grid_name: str, seeds: Iterable[int], train_overrides: Optional[Dic
     try:
         for conf in grid(grid_name, upsamplers):
             options = _canonical_options(conf["upsampler"], dict((train_overrides or {}).get("upsampler_options", {}),
+                                                                 **per_upsampler.get(conf["upsampler"], {}),
                                                                  **conf["options"]))
             key = (conf["upsampler"], json.dumps(options, sort_keys=True))
+            rows_of[key] = rows_of.get(key, 0) + 1
             if key in seen:
                 continue
             seen.add(key)
@@ -388,10 +490,12 @@ def estimate(grid_name: str, seeds: Iterable[int], train_overrides: Optional[Dic
                     walls.append(time.perf_counter() - w0)
             step_s = sorted(times)[len(times) // 2]
             model.eval()
+            meter = SegmentationMeter(ds.num_classes, ignore_index=ds.ignore_index)
             with torch.no_grad():
                 c1 = time.process_time()
-                model(loader[0][0])
-                eval_s = time.process_time() - c1  # one validation batch, forward only
+                meter.update(model(loader[0][0]).argmax(1), loader[0][1])  # as validation runs it
+                meter.compute()
+                eval_s = time.process_time() - c1
             n_epochs = epochs or cfg.epochs
             per_epoch = max(1, cfg.train_samples // cfg.batch_size)
             if cfg.max_steps_per_epoch:
@@ -401,11 +505,15 @@ def estimate(grid_name: str, seeds: Iterable[int], train_overrides: Optional[Dic
             run_s = n_epochs * per_epoch * step_s + evals * val_batches * eval_s
             out.append(dict(upsampler=conf["upsampler"], options=options, step_s=step_s,
                             step_wall_s=sorted(walls)[len(walls) // 2], eval_batch_s=eval_s,
-                            run_s=run_s, epochs=n_epochs, steps_per_epoch=per_epoch))
+                            run_s=run_s, epochs=n_epochs, steps_per_epoch=per_epoch, evals=evals,
+                            schedule=cfg.schedule, key=key))
     finally:
         torch.set_num_threads(threads)
+    for r in out:
+        r["rows"] = rows_of[r.pop("key")]
     total = sum(r["run_s"] for r in out) * len(seeds) / max(1, workers)
-    return dict(runs=out, total_s=total, workers=workers, seeds=seeds, grid=grid_name)
+    return dict(runs=out, total_s=total, workers=workers, seeds=seeds, grid=grid_name,
+                schedule=out[0]["schedule"] if out else None, epochs=out[0]["epochs"] if out else None)
 
 
 def read_csv(path) -> List[Dict]:
@@ -451,29 +559,63 @@ def _machine(workers: int) -> str:
             f"{workers} worker process(es) x 1 thread")
 
 
-#: TrainConfig fields the CLI exposes, with their types
-_FLAGS = [("dataset", str), ("data-root", str), ("num-classes", int), ("head", str), ("skip-fusion", str),
-          ("stages", int), ("width", int), ("decoder-width", int), ("epochs", int), ("size", int),
-          ("train-samples", int), ("val-samples", int), ("batch-size", int), ("lr", float),
-          ("max-steps-per-epoch", int), ("schedule", str), ("patience", int), ("plateau-tol", float),
-          ("max-decays", int), ("eval-every", int), ("data-seed", int)]
+#: TrainConfig fields the CLI exposes: (flag, type, choices, help)
+def _flags():
+    from .data import DATASETS
+    from .models import HEADS, SKIP_FUSIONS
+    from .train import SCHEDULES
+
+    return [
+        ("dataset", str, DATASETS, "dataset of every run (textures: fresh procedural samples every epoch)"),
+        ("data-root", str, None, "folder of --dataset folder / oxford-pets (checked once, before any run)"),
+        ("num-classes", int, None, "class count (synthetic: 2..6; folder: inferred)"),
+        ("head", str, HEADS, "decoder arm of the segmenter (see sapa.models)"),
+        ("skip-fusion", str, SKIP_FUSIONS, "how the unet arm fuses the guide (segformer: none)"),
+        ("stages", int, None, "encoder stages (x2 upsampling steps of the decoder)"),
+        ("width", int, None, "encoder width of the first stage"),
+        ("decoder-width", int, None, "channels of the decoder features that are upsampled"),
+        ("epochs", int, None, "epochs of every run (the cap under --schedule plateau)"),
+        ("size", int, None, "image side in pixels"),
+        ("train-samples", int, None, "training samples per epoch"),
+        ("val-samples", int, None, "validation images"),
+        ("batch-size", int, None, "batch size"),
+        ("lr", float, None, "peak learning rate (AdamW)"),
+        ("max-steps-per-epoch", int, None, "cap on steps per epoch (smoke tests)"),
+        ("schedule", str, SCHEDULES, "cosine over --epochs, or plateau (train to convergence, --epochs a cap)"),
+        ("patience", int, None, "plateau: epochs without 1%% improvement before a decay"),
+        ("plateau-tol", float, None, "plateau: relative improvement that counts"),
+        ("max-decays", int, None, "plateau: decays before the run counts as converged"),
+        ("eval-every", int, None, "validate every N epochs (0: only the last; the last always)"),
+        ("data-seed", int, None, "one data seed for every run (default: each run's --seeds value, so "
+                                 "seeds vary the data and stay paired across upsamplers)"),
+    ]
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sapa.sweep", description="Train a grid of upsamplers and append to a CSV.")
-    p.add_argument("--grid", choices=GRIDS)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p = argparse.ArgumentParser(
+        prog="python -m sapa.sweep",
+        description="Train a grid of upsamplers (seed-major, resumable) and append one row per run to a CSV.",
+        epilog="The stored results of the book: python -m sapa.sweep --print-commands")
+    p.add_argument("--grid", choices=GRIDS, help="segmentation: the 15 upsamplers; main: those and the "
+                   "bilinear+conv control; ablations / table6: the paper's Table 6 (table6 adds the padding)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="training seeds (each also the data seed unless --data-seed is given)")
     p.add_argument("--out", help="CSV path (appended to; rows already there are skipped)")
     p.add_argument("--runs", default="runs", help="directory of the per-run checkpoints (resumable)")
     p.add_argument("--workers", type=int, default=2, help="parallel runs, one thread each")
-    p.add_argument("--upsamplers", nargs="+", default=None, help="segmentation/main grid: subset of names")
-    p.add_argument("--profile", default=None, choices=["quick", "full"])
-    p.add_argument("--upsampler-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of every run's upsampler (e.g. match=sapa-b for bilinear+conv)")
-    for key, typ in _FLAGS:
-        p.add_argument(f"--{key}", type=typ, default=None)
-    p.add_argument("--estimate", action="store_true", help="time a few steps per configuration, print the "
-                   "predicted wall time of the sweep, train nothing")
+    p.add_argument("--upsamplers", nargs="+", default=None, metavar="NAME",
+                   help="segmentation/main grid: a subset of the names (default: all of the grid)")
+    p.add_argument("--profile", default=None, choices=["quick", "full"],
+                   help="defaults for the sizes left unset (default: $SAPA_PROFILE or quick)")
+    p.add_argument("--upsampler-option", action="append", default=[], metavar="[NAME:]KEY=VALUE",
+                   help="an upsampler option, repeatable: NAME:KEY=VALUE for upsampler NAME only "
+                        "(e.g. bilinear+conv:match=sapa-b); a bare KEY=VALUE goes to every upsampler of "
+                        "the grid that accepts KEY (e.g. kernel_size=3)")
+    flags = _flags()
+    for key, typ, choices, help_text in flags:
+        p.add_argument(f"--{key}", type=typ, default=None, choices=choices, help=help_text)
+    p.add_argument("--estimate", action="store_true", help="time a few steps and a validation batch per "
+                   "distinct configuration, print the predicted wall time of the sweep, train nothing")
     p.add_argument("--print-commands", action="store_true", help="print the commands of the stored results")
     a = p.parse_args(argv)
     if a.print_commands:
@@ -482,42 +624,52 @@ def main(argv=None) -> int:
         return 0
     if not a.grid:
         p.error("--grid is required")
+    if not a.estimate and not a.out:
+        p.error("--out is required")
+    if a.workers < 1:
+        p.error(f"--workers must be >= 1, got {a.workers}")
     overrides = {k: getattr(a, k) for k in ("profile",) if getattr(a, k) is not None}
-    for key, _ in _FLAGS:
+    for key, *_ in flags:
         v = getattr(a, key.replace("-", "_"))
         if v is not None:
             overrides[key.replace("-", "_")] = v
-    if a.upsampler_option:
-        from .train import _parse_option
-
-        try:
-            opts = dict(_parse_option(t) for t in a.upsampler_option)
-        except argparse.ArgumentTypeError as e:
-            p.error(str(e))
-        overrides["upsampler_options"] = opts
     try:
         from .train import resolve_config
 
-        for conf in grid(a.grid, a.upsamplers):  # every setting checked before anything runs
-            resolve_config(dict(overrides, upsampler=conf["upsampler"],
-                                upsampler_options=dict(overrides.get("upsampler_options", {}), **conf["options"])))
-    except (ValueError, TypeError) as e:
+        confs = grid(a.grid, a.upsamplers)
+        per_upsampler = parse_upsampler_options(a.upsampler_option, [c["upsampler"] for c in confs])
+        for conf in confs:  # every setting checked before anything runs
+            cfg = resolve_config(dict(overrides, upsampler=conf["upsampler"],
+                                      upsampler_options=dict(per_upsampler.get(conf["upsampler"], {}),
+                                                             **conf["options"])))
+        if cfg.dataset not in ("synthetic", "textures"):  # a bad --data-root fails here, once
+            from .data import make_dataset
+
+            for split in ("train", "val"):
+                make_dataset(cfg.dataset, split=split, root=cfg.data_root, size=cfg.size, num_samples=1,
+                             seed=cfg.data_seed, num_classes=cfg.num_classes)
+    except (ValueError, TypeError, OSError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     if a.estimate:
-        est = estimate(a.grid, a.seeds, overrides, a.upsamplers, workers=a.workers)
+        est = estimate(a.grid, a.seeds, overrides, a.upsamplers, workers=a.workers, per_upsampler=per_upsampler)
         for r in est["runs"]:
+            shared = f" (x{r['rows']} rows)" if r["rows"] > 1 else ""
             print(f"{r['upsampler']:14s} {json.dumps(r['options']):28s} {1000 * r['step_s']:7.0f} ms/step CPU "
-                  f"({1000 * r['step_wall_s']:5.0f} wall) "
-                  f"-> {r['run_s'] / 60:6.1f} min/run ({r['epochs']} epochs x {r['steps_per_epoch']} steps)")
+                  f"({1000 * r['step_wall_s']:5.0f} wall) {1000 * r['eval_batch_s']:5.0f} ms/val batch "
+                  f"-> {r['run_s'] / 60:6.1f} min/run ({r['epochs']} epochs x {r['steps_per_epoch']} steps, "
+                  f"{r['evals']} validations){shared}")
+        bound = ("an upper bound: the plateau schedule may stop before" if est["schedule"] == "plateau"
+                 else "every run trains all")
         print(f"estimated wall time of --grid {a.grid} with {len(a.seeds)} seed(s) on {a.workers} worker(s): "
-              f"{est['total_s'] / 3600:.2f} h (an upper bound under the plateau schedule)")
+              f"{est['total_s'] / 3600:.2f} h for {len(est['runs'])} distinct run(s) per seed under the "
+              f"{est['schedule']} schedule ({bound} {est['epochs']} epochs); runs already in a CSV are not "
+              f"subtracted")
         return 0
-    if not a.out:
-        p.error("--out is required")
     t0 = time.time()
     error = None
     try:
-        rows = run_sweep(a.grid, a.seeds, a.out, a.runs, a.workers, overrides, a.upsamplers)
+        rows = run_sweep(a.grid, a.seeds, a.out, a.runs, a.workers, overrides, a.upsamplers,
+                         per_upsampler=per_upsampler)
     except ValueError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     except RuntimeError as e:  # some runs failed: record the invocation, then report

@@ -30,7 +30,7 @@ def test_sweep_writes_csv_and_resumes(tmp_path):
     out = tmp_path / "seg.csv"
     rows = sweep.run_sweep("segmentation", [0, 1], str(out), str(tmp_path / "runs"), workers=1,
                            train_overrides=TINY, upsamplers=["bilinear", "sapa-b"], progress=False)
-    assert [(r["upsampler"], r["seed"]) for r in rows] == [("bilinear", 0), ("bilinear", 1), ("sapa-b", 0), ("sapa-b", 1)]
+    assert [(r["upsampler"], r["seed"]) for r in rows] == [("bilinear", 0), ("sapa-b", 0), ("bilinear", 1), ("sapa-b", 1)]  # seed-major
     back = sweep.read_csv(str(out))
     assert list(back[0]) == sweep.CSV_COLUMNS
     for r in back:
