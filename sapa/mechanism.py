@@ -405,14 +405,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows = run(cfg, a.out, progress=a.progress, workers=a.workers)
     except ValueError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
-    meta = dict(
-        command="python -m sapa.mechanism " + " ".join(argv if argv is not None else sys.argv[1:]),
-        seconds=round(time.time() - t0, 1),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        machine=_machine() + f", {a.workers} worker process(es)", config=dataclasses.asdict(cfg), config_id=_config_id(cfg), rows=len(rows),
-        note="seconds: wall time of this invocation (rows already in the CSV were skipped, not refitted)",
-    )
-    Path(a.out).with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    meta_path = Path(a.out).with_suffix(".json")
+    try:
+        old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    except ValueError:
+        old = {}
+    invocation = dict(command="python -m sapa.mechanism " + " ".join(argv if argv is not None else sys.argv[1:]),
+                      seconds=round(time.time() - t0, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      machine=_machine() + f", {a.workers} worker process(es)", rows=len(rows))
+    invocations = list(old.get("invocations", [])) + [invocation]
+    meta = dict(invocation, config=dataclasses.asdict(cfg), config_id=_config_id(cfg),
+                seconds=round(sum(i["seconds"] for i in invocations), 1), invocations=invocations,
+                note="seconds: the sum of the invocations' wall times (a rerun skips the rows already in the "
+                     "CSV); fit_cpu_seconds in the CSV: process CPU time of each fit")
+    tmp = meta_path.with_name(meta_path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_path)
     print(f"{len(rows)} rows in {a.out} ({meta['seconds']} s)", file=sys.stderr)
     return 0
 
