@@ -31,8 +31,8 @@ import torch
 from .checkpoint import (CheckpointError, describe_mismatch, load_model_file, load_state_dict_file,
                          load_training_checkpoint, model_file_paths, read_model_config, save_model_file)
 
-__all__ = ["ENV_VAR", "repo_root", "results_dir", "export_model", "load_model", "model_config",
-           "load_state_dict_file", "CheckpointError"]
+__all__ = ["ENV_VAR", "RAW_URL", "repo_root", "results_dir", "stored_file", "export_model", "load_model",
+           "model_config", "load_state_dict_file", "CheckpointError"]
 
 #: environment variable that overrides the results folder
 ENV_VAR = "SAPA_RESULTS_DIR"
@@ -62,6 +62,53 @@ def results_dir(start: Optional[PathLike] = None) -> Optional[Path]:
         return Path(env).expanduser().resolve()
     root = repo_root(start)
     return root / "book" / "results" if root is not None else None
+
+
+#: where the stored results of the published repository are read from without a checkout
+#: (e.g. on Colab, where the package is pip-installed): ``RAW_URL + "main.csv"``
+RAW_URL = "https://raw.githubusercontent.com/sapa-book/sapa/main/book/results/"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sapa" / "results"
+
+
+def stored_file(name: str, start: Optional[PathLike] = None, download: Optional[bool] = None) -> Path:
+    """The path of the stored result ``name`` (e.g. ``"main.csv"``, ``"models/x.safetensors"``).
+
+    Looks in :func:`results_dir` (``$SAPA_RESULTS_DIR`` or the checkout's ``book/results``);
+    without a checkout (the package installed by pip, e.g. on Colab) the file is fetched
+    once from the published repository (:data:`RAW_URL`) into ``~/.cache/sapa/results`` and
+    that copy is returned. ``download=False`` never fetches; the default fetches only when
+    there is no checkout. Raises FileNotFoundError naming where it looked.
+    """
+    if not isinstance(name, str) or not name or name.startswith("/") or ".." in Path(name).parts:
+        raise ValueError(f"name must be a relative file name inside the results folder, got {name!r}")
+    local = results_dir(start)
+    if local is not None and (local / name).is_file():
+        return local / name
+    if download is None:
+        download = local is None
+    cached = _cache_dir() / name
+    if cached.is_file():
+        return cached
+    if not download:
+        raise FileNotFoundError(f"stored result {name!r} not found in {local or 'no results folder (no checkout)'}; "
+                                f"run the command in book/results/README.md that writes it")
+    import urllib.request
+
+    url = RAW_URL + name
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(cached.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:  # noqa: S310 - fixed https URL
+            f.write(r.read())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FileNotFoundError(f"stored result {name!r}: no checkout here and fetching {url} failed ({e})") from None
+    os.replace(tmp, cached)
+    return cached
 
 
 def export_model(run_dir: PathLike, dest: PathLike) -> Path:

@@ -84,3 +84,34 @@ def test_no_unsafe_load_anywhere():
             assert "weights_only=True" in call, f"{f.relative_to(ROOT)}: {call}"
             calls += 1
     assert calls > 0
+
+
+def test_stored_file_local_then_fetched_without_checkout(tmp_path, monkeypatch):
+    """stored_file: the checkout's copy first; without a checkout (Colab) fetched once from
+    RAW_URL into the cache (a file:// URL stands in for the repository here)."""
+    from sapa import results
+
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "main.csv").write_text("a,b\n1,2\n")
+    monkeypatch.setenv(results.ENV_VAR, str(local))
+    assert results.stored_file("main.csv") == local / "main.csv"
+
+    remote = tmp_path / "remote"
+    (remote / "models").mkdir(parents=True)
+    (remote / "models" / "m.json").write_text('{"x": 1}')
+    monkeypatch.delenv(results.ENV_VAR)
+    monkeypatch.setattr(results, "results_dir", lambda start=None: None)
+    monkeypatch.setattr(results, "RAW_URL", remote.as_uri() + "/")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    got = results.stored_file("models/m.json")
+    assert got == tmp_path / "cache" / "sapa" / "results" / "models" / "m.json"
+    assert got.read_text() == '{"x": 1}'
+    (remote / "models" / "m.json").unlink()
+    assert results.stored_file("models/m.json") == got  # the cached copy, no second fetch
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        results.stored_file("missing.csv")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        results.stored_file("other.csv", download=False)
+    with pytest.raises(ValueError, match="relative"):
+        results.stored_file("../etc/passwd")
