@@ -160,3 +160,94 @@ def test_config_id_covers_the_defining_settings():
                    dict(upsampler_options={"kernel_size": 3}), dict(dataset="textures")):
         assert sweep._config_id(dict(base, **change))[0] != cid, change
     assert defining["upsampler"] == "sapa-b" and "out" not in defining
+
+
+# ---- issue 18: per-upsampler options, paired data seeds, CSV repair, estimate, data root ----
+def test_upsampler_option_applies_per_upsampler():
+    names = ["bilinear", "sapa-b", "bilinear+conv"]
+    # a bare KEY=VALUE goes to every upsampler that accepts it (match: bilinear+conv only)
+    assert sweep.parse_upsampler_options(["match=sapa-b"], names) == {"bilinear+conv": {"match": "sapa-b"}}
+    assert sweep.parse_upsampler_options(["kernel_size=3"], names) == {"sapa-b": {"kernel_size": 3}}
+    assert sweep.parse_upsampler_options(["sapa-b:embedding_dim=16", "bilinear+conv:match=fade"], names) == {
+        "sapa-b": {"embedding_dim": 16}, "bilinear+conv": {"match": "fade"}}
+    with pytest.raises(ValueError, match="no upsampler of this grid accepts 'kernel_size'"):
+        sweep.parse_upsampler_options(["kernel_size=3"], ["bilinear", "nearest"])
+    with pytest.raises(ValueError, match="'carafe' is not in this grid"):
+        sweep.parse_upsampler_options(["carafe:kernel_size=3"], names)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        sweep.parse_upsampler_options(["kernel_size"], names)
+    # the jobs: options only where they apply, data seed = seed, seed-major
+    jobs = sweep._jobs("main", [0, 1], "runs", dict(TINY), ["bilinear", "bilinear+conv"],
+                       {"bilinear+conv": {"match": "sapa-b"}})
+    assert [(j["train"]["upsampler"], j["train"]["seed"], j["train"]["data_seed"]) for j in jobs] == [
+        ("bilinear", 0, 0), ("bilinear+conv", 0, 0), ("bilinear", 1, 1), ("bilinear+conv", 1, 1)]
+    assert jobs[0]["train"]["upsampler_options"] == {} and jobs[1]["train"]["upsampler_options"] == {"match": "sapa-b"}
+    # an explicit data seed is kept for every run
+    fixed = sweep._jobs("main", [0, 1], "runs", dict(TINY, data_seed=7), ["bilinear"])
+    assert [j["train"]["data_seed"] for j in fixed] == [7, 7]
+
+
+def test_cli_help_example_runs_with_a_mixed_grid(tmp_path, capsys):
+    """The --upsampler-option help example (match=sapa-b) with bilinear in the grid."""
+    flags = ["--epochs", "1", "--size", "32", "--train-samples", "16", "--val-samples", "8", "--batch-size", "8",
+             "--width", "4", "--decoder-width", "8", "--stages", "3", "--max-steps-per-epoch", "1"]
+    out = tmp_path / "m.csv"
+    assert sweep.main(["--grid", "main", "--upsamplers", "bilinear", "bilinear+conv", "--seeds", "0", "--workers",
+                       "1", "--out", str(out), "--runs", str(tmp_path / "runs"), "--upsampler-option",
+                       "match=sapa-b", *flags]) == 0
+    rows = {r["upsampler"]: r for r in sweep.read_csv(str(out))}
+    assert json.loads(rows["bilinear+conv"]["options"]) == {"match": "sapa-b"}
+    assert json.loads(rows["bilinear"]["options"]) == {}
+    curve = json.loads(rows["bilinear"]["curve"])
+    assert curve["epoch"] == [1] and len(curve["val_miou"]) == 1 and curve["val_miou"][0] == pytest.approx(
+        rows["bilinear"]["miou"], abs=1e-5)
+    # help: every option has a help text, choices where there is a fixed set
+    with pytest.raises(SystemExit):
+        sweep.main(["--help"])
+    text = capsys.readouterr().out
+    assert "{cosine,plateau}" in text and "{synthetic,textures,folder,oxford-pets}" in text
+    for flag, *_ in sweep._flags():
+        assert f"--{flag}" in text
+
+
+def test_estimate_names_the_schedule_and_counts_shared_settings_once(capsys):
+    flags = ["--epochs", "2", "--size", "32", "--train-samples", "16", "--val-samples", "8", "--batch-size", "8",
+             "--width", "4", "--decoder-width", "8", "--stages", "3", "--dataset", "textures", "--head",
+             "segformer"]
+    assert sweep.main(["--grid", "table6", "--estimate", "--seeds", "0", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "under the cosine schedule (every run trains all 2 epochs)" in out
+    # SAPA-B's defaults serve five rows of Table 6 (normalisation, K, d, similarity, padding)
+    assert out.count("sapa-b         {}") == 1 and "(x5 rows)" in out
+    assert "validations" in out and "ms/val batch" in out
+    assert sweep.main(["--grid", "main", "--upsamplers", "bilinear", "--estimate", "--schedule", "plateau",
+                       *flags]) == 0
+    assert "an upper bound" in capsys.readouterr().out
+
+
+def test_csv_without_final_newline_is_repaired_not_glued(tmp_path, capsys):
+    out, runs = tmp_path / "s.csv", str(tmp_path / "runs")
+    kw = dict(workers=1, train_overrides=TINY, progress=False)
+    first = sweep.run_sweep("main", [0], str(out), runs, upsamplers=["bilinear"], **kw)
+    complete = out.read_bytes()
+    out.write_bytes(complete + b"upsampler,nearest,nearest,{},0,0.5")  # an interrupted append
+    rows = sweep.run_sweep("main", [0], str(out), runs, upsamplers=["bilinear", "nearest"], **kw)
+    assert [r["upsampler"] for r in rows] == ["bilinear", "nearest"]
+    back = sweep.read_csv(str(out))
+    assert len(back) == 2 and back[0] == first[0] and back[1]["upsampler"] == "nearest"
+    assert all(r["config_id"] for r in back)
+    assert "unfinished last line" in capsys.readouterr().err
+
+
+def test_bad_data_root_fails_once_before_any_run(tmp_path, capsys, monkeypatch):
+    def no_training(job):
+        raise AssertionError("a run started")
+
+    monkeypatch.setattr(sweep, "_one_run", no_training)
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--grid", "main", "--upsamplers", "bilinear", "nearest", "--dataset", "folder",
+                    "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv"), "--workers", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "nowhere" in err and "Traceback" not in err
+    assert not (tmp_path / "x.csv").exists()
