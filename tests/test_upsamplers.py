@@ -321,3 +321,30 @@ def test_fade_kernels_match_float64_formula():
     m_x = F.conv2d(F.conv2d(x, up.compress_x.weight), W, b, padding=1)
     expected = torch.softmax(m_y + m_x.repeat_interleave(2, -2).repeat_interleave(2, -1), dim=1)
     torch.testing.assert_close(up.kernels(x, y), expected)
+
+
+@pytest.mark.parametrize("B,H,W,sh,sw,K", [(2, 5, 7, 2, 2, 5), (2, 4, 3, 3, 2, 3), (1, 1, 1, 2, 2, 5), (0, 4, 4, 2, 2, 5)])
+def test_reassemble_integer_ratio_path_equals_the_gather_path(B, H, W, sh, sw, K):
+    """The matmul path (integer ratios) against the gather path, which FlopCounterMode forces;
+    outputs and both gradients in float64."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sapa.upsamplers import reassemble
+
+    x = torch.randn(B, 3, H, W, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(B, K * K, sh * H, sw * W, dtype=torch.float64, requires_grad=True)
+    fast = reassemble(x, k, K)
+    with FlopCounterMode(display=False):
+        slow = reassemble(x, k, K)
+    torch.testing.assert_close(fast, slow)
+    if B:
+        g = torch.randn_like(fast)
+        for a, b in zip(torch.autograd.grad(fast, (x, k), g), torch.autograd.grad(slow, (x, k), g)):
+            torch.testing.assert_close(a, b)
+
+
+def test_reassemble_upsamplers_compile_fullgraph():
+    for name in ("carafe", "fade", "a2u"):
+        m = build_upsampler(name, 8)
+        x, y = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 12, 12)
+        torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x, y), m(x, y))
