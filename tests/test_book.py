@@ -124,6 +124,15 @@ def test_bibliography(book):
     assert re.search(r"Lu\s+<em>et al\.</em>,\s+2022a|Lu et al\., 2022a", intro), "SAPA cited as Lu et al., 2022a"
 
 
+def test_solutions_fold_once(book):
+    """Solutions of chapters 1-5 are sphinx-exercise dropdowns; the <details> that folds them on
+    Colab is dropped from the book (book/_ext/book_html.py), so nothing folds twice."""
+    for chapter, page in _chapter_pages(book)[:5]:
+        text = page.read_text()
+        assert len(re.findall(r'<div class="solution dropdown', text)) >= 2, f"{chapter}: no solution dropdowns"
+        assert "<details><summary>Solution" not in text, f"{chapter}: a solution folded twice"
+
+
 # --------------------------------------------------------------------------------------
 # what a reader sees in the static HTML of every page
 # --------------------------------------------------------------------------------------
@@ -380,7 +389,9 @@ def test_browser_page(book, chromium, tmp_path, relpage, width):
     assert not report["math"], f"{where}: clipped equations {report['math'][:3]}"
     if width >= 1280:
         assert report["scrolled_math"] == 0, f"{where}: {report['scrolled_math']} equations need a scroll bar"
-    _check_wide_math_outputs_reprs(report, where, width)
+    failures = _wide_math_outputs_reprs(report, where, width)
+    known = KNOWN_FAILURES.get(relpage, set())
+    assert set(failures) <= known, "\n".join(failures.values())
     assert not report["raw_tables"], f"{where}: raw pipe tables {report['raw_tables'][:2]}"
     assert report["split_streams"] == 0, f"{where}: printed text split into {report['split_streams'] + 1}+ boxes"
     if width >= 1280:
@@ -389,19 +400,44 @@ def test_browser_page(book, chromium, tmp_path, relpage, width):
         small = [(i["src"], round(i["shown"] / i["intended"], 2)) for i in report["images"]
                  if i["output"] and i["intended"] and i["shown"] / i["intended"] < MIN_FIGURE_SCALE]
         assert not small, f"{where}: figures shrunk below {MIN_FIGURE_SCALE:.0%} (text < 9 pt): {small[:4]}"
+    if failures:   # last, so that every other check of the page has run
+        pytest.xfail("known failures of a chapter being rewritten: " + "; ".join(failures.values()))
+
+
+def _wide_math_outputs_reprs(report: dict, where: str, width: int) -> dict:
+    """The failures of three checks, by kind (empty: none).
+
+    * ``wide_math``: display math wider than its box. A failure at 1280 px, whether it scrolls
+      or not; at narrower widths a long equation may scroll sideways (MathJax's container
+      scrolls), but it must never be cut off without a scroll bar.
+    * ``wide_output``: printed output wider than the column, at 1280 px.
+    * ``reprs``: a Python object's repr (``<IPython.core.display.Markdown object>``,
+      ``<... object at 0x...>``) anywhere outside the code cells' inputs.
+    """
+    failures = {}
+    wide = report["wide_math"] if width >= 1280 else [m for m in report["wide_math"] if not m["scrolls"]]
+    if wide:
+        failures["wide_math"] = f"{where}: equations wider than their box {wide[:3]}"
+    if width >= 1280 and report["wide_output"]:
+        failures["wide_output"] = f"{where}: printed output wider than the column {report['wide_output'][:3]}"
+    if report["reprs"]:
+        failures["reprs"] = f"{where}: Python object reprs in the page {report['reprs'][:3]}"
+    return failures
 
 
 def _check_wide_math_outputs_reprs(report: dict, where: str, width: int) -> None:
-    """(a) display math wider than its box: a failure at 1280 px, whether it scrolls or not; at
-    narrower widths a long equation may scroll sideways (MathJax's container scrolls), but it
-    must never be cut off without a scroll bar. (b) printed output wider than the column at
-    1280 px. (c) no Python object repr (``<IPython.core.display.Markdown object>``,
-    ``<... object at 0x...>``) anywhere outside the code cells' inputs."""
-    wide = report["wide_math"] if width >= 1280 else [m for m in report["wide_math"] if not m["scrolls"]]
-    assert not wide, f"{where}: equations wider than their box {wide[:3]}"
-    if width >= 1280:
-        assert not report["wide_output"], f"{where}: printed output wider than the column {report['wide_output'][:3]}"
-    assert not report["reprs"], f"{where}: Python object reprs in the page {report['reprs'][:3]}"
+    failures = _wide_math_outputs_reprs(report, where, width)
+    assert not failures, "\n".join(failures.values())
+
+
+#: Chapters 6 and 7 were being rewritten by others when these checks were added (issue 20),
+#: and fail them: reprs of display(Markdown(...)) objects and printed lines wider than the
+#: column. Their pages are marked xfail for these kinds of failure only (any other failure
+#: of theirs still fails); remove an entry once its chapter passes.
+KNOWN_FAILURES = {
+    "notebooks/06_comparing_upsamplers.html": {"wide_output", "reprs"},
+    "notebooks/07_ablations.html": {"wide_output", "reprs"},
+}
 
 
 BAD_PAGE = """<html><head><style>
@@ -450,6 +486,30 @@ def test_probe_catches_wide_math_wide_output_and_reprs(book, chromium, tmp_path)
         _check_wide_math_outputs_reprs(report, "bad page", 1280)
     report["wide_output"], report["reprs"] = [], []
     _check_wide_math_outputs_reprs(report, "bad page", 1280)
+
+
+#: chapter 5's online-softmax update as it was written before issue 20: one line, wider than the
+#: text column at 1280 px, which MathJax's container (overflow: auto) scrolled unnoticed
+OLD_ONLINE_SOFTMAX = (r"\[m_{t+1} = \max(m_t, s_{t+1}), \qquad "
+                      r"\ell_{t+1} = \ell_t\, e^{m_t - m_{t+1}} + e^{s_{t+1} - m_{t+1}}, \qquad "
+                      r"a_{t+1} = a_t\, e^{m_t - m_{t+1}} + e^{s_{t+1} - m_{t+1}}\, v_{t+1},\]")
+
+
+def test_probe_catches_the_old_chapter5_equation(book, chromium, tmp_path):
+    """The wide-math check on a real page with the real MathJax: chapter 5 with its online-softmax
+    update put back on one line fails at 1280 px; at 400 px it scrolls, which is allowed."""
+    page = book / "notebooks" / "05_fusing_sapa.html"
+    text = page.read_text()
+    found = re.search(r"\\\[\\begin\{split\}\s*\\begin\{aligned\}\s*m_\{t\+1\}.*?\\\]", text, flags=re.S)
+    assert found, "chapter 5's aligned online-softmax update not found"
+    bad = page.with_name("_probe_old_ch5.html")
+    bad.write_text(text[:found.start()] + OLD_ONLINE_SOFTMAX + text[found.end():])
+    try:
+        wide = {w: _probe(chromium, tmp_path, bad, w)[0]["wide_math"] for w in WIDTHS}
+    finally:
+        bad.unlink()
+    assert len(wide[1280]) == 1 and wide[1280][0]["need"] > wide[1280][0]["avail"], wide[1280]
+    assert wide[400] and all(m["scrolls"] for m in wide[400]), wide[400]
 
 
 def test_probe_catches_a_console_error(book, chromium, tmp_path):
