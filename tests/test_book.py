@@ -122,6 +122,9 @@ def test_bibliography(book):
     intro = html.unescape((book / "book" / "intro.html").read_text())
     assert "2022a" in intro and "2022b" in intro
     assert re.search(r"Lu\s+<em>et al\.</em>,\s+2022a|Lu et al\., 2022a", intro), "SAPA cited as Lu et al., 2022a"
+    # DySample (ICCV 2023) and the SAPA extension (arXiv 2023) share first author and year too
+    chapter4 = html.unescape((book / "notebooks" / "04_dynamic_upsampling.html").read_text())
+    assert "2023a" in chapter4 and "2023b" in chapter4, "DySample and the SAPA extension cite alike"
 
 
 def test_solutions_fold_once(book):
