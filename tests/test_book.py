@@ -122,6 +122,18 @@ def test_bibliography(book):
     intro = html.unescape((book / "book" / "intro.html").read_text())
     assert "2022a" in intro and "2022b" in intro
     assert re.search(r"Lu\s+<em>et al\.</em>,\s+2022a|Lu et al\., 2022a", intro), "SAPA cited as Lu et al., 2022a"
+    # DySample (ICCV 2023) and the SAPA extension (arXiv 2023) share first author and year too
+    chapter4 = html.unescape((book / "notebooks" / "04_dynamic_upsampling.html").read_text())
+    assert "2023a" in chapter4 and "2023b" in chapter4, "DySample and the SAPA extension cite alike"
+
+
+def test_solutions_fold_once(book):
+    """Solutions of chapters 1-5 are sphinx-exercise dropdowns; the <details> that folds them on
+    Colab is dropped from the book (book/_ext/book_html.py), so nothing folds twice."""
+    for chapter, page in _chapter_pages(book)[:5]:
+        text = page.read_text()
+        assert len(re.findall(r'<div class="solution dropdown', text)) >= 2, f"{chapter}: no solution dropdowns"
+        assert "<details><summary>Solution" not in text, f"{chapter}: a solution folded twice"
 
 
 # --------------------------------------------------------------------------------------
@@ -199,6 +211,7 @@ PROBE = """
     errors.push(Array.prototype.slice.call(arguments).join(" "));
     return origError.apply(console, arguments);
   };
+  var OBJECT_REPR = /<[A-Za-z_][\\w.]*(?: object at 0x[0-9a-fA-F]+| object)>/;
   function scrollable(el) {
     var o = getComputedStyle(el).overflowX;
     return (o === "auto" || o === "scroll") && el.scrollWidth > el.clientWidth;
@@ -235,6 +248,41 @@ PROBE = """
       if (why) { out.math.push(why + ": " + (m.getAttribute("aria-label") || m.textContent).slice(0, 80)); }
       for (var a = m.parentElement; a; a = a.parentElement) { if (scrollable(a)) { out.scrolled_math += 1; break; } }
     });
+    // display math wider than its box: the typeset formula (mjx-math) or the container's own
+    // scroll width against the width the container has; "scrolls" when the container or an
+    // ancestor scrolls it (overflow-x auto/scroll), otherwise the overflow is cut off unseen
+    out.wide_math = [];
+    article.querySelectorAll('mjx-container[display="true"]').forEach(function (m) {
+      var inner = m.querySelector("mjx-math") || m;
+      var need = Math.max(inner.getBoundingClientRect().width, m.scrollWidth);
+      var avail = m.clientWidth;
+      if (need > avail + 1) {
+        var scrolls = false;
+        for (var a = m; a && a !== article.parentElement; a = a.parentElement) {
+          var o = getComputedStyle(a).overflowX;
+          if ((o === "auto" || o === "scroll") && a.scrollWidth > a.clientWidth) { scrolls = true; break; }
+        }
+        out.wide_math.push({math: (m.getAttribute("aria-label") || m.textContent).slice(0, 80),
+                            need: Math.round(need), avail: avail, scrolls: scrolls});
+      }
+    });
+    // printed output wider than the column (a cell's output box needs a scroll bar)
+    out.wide_output = [];
+    article.querySelectorAll(".cell_output pre").forEach(function (pre) {
+      if (pre.scrollWidth > pre.clientWidth + 1) {
+        var longest = pre.textContent.split("\\n").reduce(function (a, b) { return b.length > a.length ? b : a; }, "");
+        out.wide_output.push(longest.slice(0, 100));
+      }
+    });
+    // a Python object's repr where a value was meant: <IPython.core.display.Markdown object>,
+    // <... object at 0x7f...>; the code a reader studies (cell inputs) is not searched
+    out.reprs = [];
+    var reprWalker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
+    for (var t = reprWalker.nextNode(); t; t = reprWalker.nextNode()) {
+      if (t.parentElement.closest(".cell_input, script, style")) { continue; }
+      var hit = t.textContent.match(OBJECT_REPR);
+      if (hit) { out.reprs.push(hit[0].slice(0, 100)); }
+    }
     out.wide_code = [];
     document.querySelectorAll(".cell_input pre").forEach(function (pre) {
       if (pre.scrollWidth > pre.clientWidth + 1) {
@@ -344,6 +392,9 @@ def test_browser_page(book, chromium, tmp_path, relpage, width):
     assert not report["math"], f"{where}: clipped equations {report['math'][:3]}"
     if width >= 1280:
         assert report["scrolled_math"] == 0, f"{where}: {report['scrolled_math']} equations need a scroll bar"
+    failures = _wide_math_outputs_reprs(report, where, width)
+    known = KNOWN_FAILURES.get(relpage, set())
+    assert set(failures) <= known, "\n".join(failures.values())
     assert not report["raw_tables"], f"{where}: raw pipe tables {report['raw_tables'][:2]}"
     assert report["split_streams"] == 0, f"{where}: printed text split into {report['split_streams'] + 1}+ boxes"
     if width >= 1280:
@@ -352,6 +403,116 @@ def test_browser_page(book, chromium, tmp_path, relpage, width):
         small = [(i["src"], round(i["shown"] / i["intended"], 2)) for i in report["images"]
                  if i["output"] and i["intended"] and i["shown"] / i["intended"] < MIN_FIGURE_SCALE]
         assert not small, f"{where}: figures shrunk below {MIN_FIGURE_SCALE:.0%} (text < 9 pt): {small[:4]}"
+    if failures:   # last, so that every other check of the page has run
+        pytest.xfail("known failures of a chapter being rewritten: " + "; ".join(failures.values()))
+
+
+def _wide_math_outputs_reprs(report: dict, where: str, width: int) -> dict:
+    """The failures of three checks, by kind (empty: none).
+
+    * ``wide_math``: display math wider than its box. A failure at 1280 px, whether it scrolls
+      or not; at narrower widths a long equation may scroll sideways (MathJax's container
+      scrolls), but it must never be cut off without a scroll bar.
+    * ``wide_output``: printed output wider than the column, at 1280 px.
+    * ``reprs``: a Python object's repr (``<IPython.core.display.Markdown object>``,
+      ``<... object at 0x...>``) anywhere outside the code cells' inputs.
+    """
+    failures = {}
+    wide = report["wide_math"] if width >= 1280 else [m for m in report["wide_math"] if not m["scrolls"]]
+    if wide:
+        failures["wide_math"] = f"{where}: equations wider than their box {wide[:3]}"
+    if width >= 1280 and report["wide_output"]:
+        failures["wide_output"] = f"{where}: printed output wider than the column {report['wide_output'][:3]}"
+    if report["reprs"]:
+        failures["reprs"] = f"{where}: Python object reprs in the page {report['reprs'][:3]}"
+    return failures
+
+
+def _check_wide_math_outputs_reprs(report: dict, where: str, width: int) -> None:
+    failures = _wide_math_outputs_reprs(report, where, width)
+    assert not failures, "\n".join(failures.values())
+
+
+#: Chapters 6 and 7 were being rewritten by others when these checks were added (issue 20),
+#: and fail them: reprs of display(Markdown(...)) objects and printed lines wider than the
+#: column. Their pages are marked xfail for these kinds of failure only (any other failure
+#: of theirs still fails); remove an entry once its chapter passes.
+KNOWN_FAILURES = {
+    "notebooks/06_comparing_upsamplers.html": {"wide_output", "reprs"},
+    "notebooks/07_ablations.html": {"wide_output", "reprs"},
+}
+
+
+BAD_PAGE = """<html><head><style>
+  article { width: 600px; }
+  mjx-math { display: inline-block; }
+</style></head><body><article>
+<mjx-container class="MathJax" jax="CHTML" display="true" aria-label="wide clipped"
+  style="display: block; overflow-x: hidden; width: 300px"><mjx-math style="width: 900px">x</mjx-math></mjx-container>
+<mjx-container class="MathJax" jax="CHTML" display="true" aria-label="wide scrolled"
+  style="display: block; overflow-x: auto; width: 300px"><mjx-math style="width: 900px">y</mjx-math></mjx-container>
+<mjx-container class="MathJax" jax="CHTML" display="true" aria-label="narrow"
+  style="display: block; width: 300px"><mjx-math style="width: 100px">z</mjx-math></mjx-container>
+<div class="cell_output"><pre style="width: 300px; overflow-x: auto">%s</pre></div>
+<div class="cell_output"><pre style="width: 300px; overflow-x: auto">short</pre></div>
+<p>&lt;IPython.core.display.Markdown object&gt;</p>
+<div class="cell_input"><pre>&lt;object object at 0x7f00&gt; in code is fine</pre></div>
+<p>a &lt;b&gt; tag and x &lt; y are fine</p>
+</article></body></html>""" % ("0123456789 " * 30)
+
+
+def test_probe_catches_wide_math_wide_output_and_reprs(book, chromium, tmp_path):
+    """The three checks added for issue 20 fail on a deliberately bad page: a display equation
+    cut off by its box and one that scrolls, a printed line wider than its box, an object
+    repr in the text. At 400 px the scrolled equation is allowed, the clipped one is not."""
+    page = book / "book" / "_probe_wide.html"
+    page.write_text(BAD_PAGE)
+    try:
+        report, _ = _probe(chromium, tmp_path, page, 1280)
+    finally:
+        page.unlink()
+    by_label = {m["math"]: m for m in report["wide_math"]}
+    assert set(by_label) == {"wide clipped", "wide scrolled"}, report["wide_math"]
+    assert by_label["wide scrolled"]["scrolls"] and not by_label["wide clipped"]["scrolls"]
+    assert len(report["wide_output"]) == 1 and report["wide_output"][0].startswith("0123456789")
+    assert report["reprs"] == ["<IPython.core.display.Markdown object>"], report["reprs"]
+    with pytest.raises(AssertionError, match="wider than their box"):
+        _check_wide_math_outputs_reprs(report, "bad page", 1280)
+    with pytest.raises(AssertionError, match="wide clipped"):
+        _check_wide_math_outputs_reprs(report, "bad page", 400)
+    # at 400 px the scrolled equation passes: the next failure is the repr
+    report["wide_math"] = [by_label["wide scrolled"]]
+    with pytest.raises(AssertionError, match="object reprs"):
+        _check_wide_math_outputs_reprs(report, "bad page", 400)
+    report["wide_math"] = []
+    with pytest.raises(AssertionError, match="printed output"):
+        _check_wide_math_outputs_reprs(report, "bad page", 1280)
+    report["wide_output"], report["reprs"] = [], []
+    _check_wide_math_outputs_reprs(report, "bad page", 1280)
+
+
+#: chapter 5's online-softmax update as it was written before issue 20: one line, wider than the
+#: text column at 1280 px, which MathJax's container (overflow: auto) scrolled unnoticed
+OLD_ONLINE_SOFTMAX = (r"\[m_{t+1} = \max(m_t, s_{t+1}), \qquad "
+                      r"\ell_{t+1} = \ell_t\, e^{m_t - m_{t+1}} + e^{s_{t+1} - m_{t+1}}, \qquad "
+                      r"a_{t+1} = a_t\, e^{m_t - m_{t+1}} + e^{s_{t+1} - m_{t+1}}\, v_{t+1},\]")
+
+
+def test_probe_catches_the_old_chapter5_equation(book, chromium, tmp_path):
+    """The wide-math check on a real page with the real MathJax: chapter 5 with its online-softmax
+    update put back on one line fails at 1280 px; at 400 px it scrolls, which is allowed."""
+    page = book / "notebooks" / "05_fusing_sapa.html"
+    text = page.read_text()
+    found = re.search(r"\\\[\\begin\{split\}\s*\\begin\{aligned\}\s*m_\{t\+1\}.*?\\\]", text, flags=re.S)
+    assert found, "chapter 5's aligned online-softmax update not found"
+    bad = page.with_name("_probe_old_ch5.html")
+    bad.write_text(text[:found.start()] + OLD_ONLINE_SOFTMAX + text[found.end():])
+    try:
+        wide = {w: _probe(chromium, tmp_path, bad, w)[0]["wide_math"] for w in WIDTHS}
+    finally:
+        bad.unlink()
+    assert len(wide[1280]) == 1 and wide[1280][0]["need"] > wide[1280][0]["avail"], wide[1280]
+    assert wide[400] and all(m["scrolls"] for m in wide[400]), wide[400]
 
 
 def test_probe_catches_a_console_error(book, chromium, tmp_path):

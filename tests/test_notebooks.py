@@ -176,3 +176,70 @@ def test_plumbing_is_hidden(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "remove-cell" in code[0].metadata.get("tags", [])
     assert "hide-input" in code[1].metadata.get("tags", [])
+
+
+# --------------------------------------------------------------------------------------
+# exercises: solutions folded in Jupyter and Colab too, not only in the book
+# --------------------------------------------------------------------------------------
+#: The chapters wrap every solution in these two lines of HTML: Jupyter, Colab and GitHub fold
+#: it; the book drops them (book/_ext/book_html.py) and keeps sphinx-exercise's dropdown.
+SOLUTION_OPEN = "<details><summary>Solution</summary>"
+SOLUTION_CLOSE = "</details>"
+
+
+def unfolded_solutions(markdown: str) -> list[str]:
+    """Labels of the ``{solution}`` blocks of ``markdown`` that are not wrapped, alone, in
+    ``<details><summary>Solution</summary>`` ... ``</details>`` (empty: all folded)."""
+    bad = []
+    pattern = re.compile(r"^:::\{solution\} (\S+)\n.*?^:::$", flags=re.M | re.S)
+    for block in pattern.finditer(markdown):
+        before = markdown[:block.start()].rstrip()
+        after = markdown[block.end():].lstrip()
+        opened = before.endswith(SOLUTION_OPEN)
+        # no other </details> between the opening and the solution
+        closed = after.startswith(SOLUTION_CLOSE)
+        if not (opened and closed):
+            bad.append(block.group(1))
+    return bad
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[:5], ids=IDS[:5])
+def test_solutions_are_folded_in_the_notebook(path):
+    """What Colab shows: every solution of chapters 1-5 stays folded until the reader opens it."""
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and "{solution}" in cell.source:
+            assert not unfolded_solutions(cell.source), (
+                f"{path.name} cell {i}: solutions {unfolded_solutions(cell.source)} are not inside "
+                f"{SOLUTION_OPEN} ... {SOLUTION_CLOSE}")
+            assert cell.source.count(SOLUTION_OPEN) == cell.source.count(SOLUTION_CLOSE)
+
+
+def test_unfolded_solution_is_detected():
+    folded = f"{SOLUTION_OPEN}\n\n:::{{solution}} ex-a\n:class: dropdown\n\ntext\n:::\n\n{SOLUTION_CLOSE}\n"
+    assert unfolded_solutions(folded) == []
+    assert unfolded_solutions(":::{solution} ex-b\n:class: dropdown\n\ntext\n:::\n") == ["ex-b"]
+    assert unfolded_solutions(f"{SOLUTION_OPEN}\n\n:::{{solution}} ex-c\ntext\n:::\n") == ["ex-c"]
+    assert unfolded_solutions(f":::{{solution}} ex-d\ntext\n:::\n\n{SOLUTION_CLOSE}") == ["ex-d"]
+
+
+def shown_glue(source: str, tags) -> bool:
+    """Whether a code cell with these tags shows a reader a glue(...) call."""
+    if {"remove-cell", "remove-input", "hide-input"} & set(tags):
+        return False
+    return re.search(r"^\s*glue\(", source, flags=re.M) is not None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[:5], ids=IDS[:5])
+def test_glue_is_not_in_studied_code(path):
+    """glue(...) is plumbing: in chapters 1-5 it sits in cells tagged remove-cell (or folded)."""
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert not shown_glue(cell.source, cell.metadata.get("tags", [])), f"{path.name} cell {i}"
+
+
+def test_shown_glue_is_detected():
+    assert shown_glue("x = 1\nglue('x', x)", [])
+    assert not shown_glue("x = 1\nglue('x', x)", ["remove-cell"])
+    assert not shown_glue("x = 1  # glue later", [])

@@ -5,11 +5,16 @@
   which Sphinx does not see as equal), and a ``const`` declared twice is a SyntaxError.
   Scripts with the same source and the same inline body are kept once.
 * ``static/book.css``: code cells fit 80 characters in the text column; wide tables scroll.
+* Exercise solutions are wrapped in ``<details><summary>Solution</summary>`` ... ``</details>``
+  in the chapters' sources, so that Jupyter and Colab fold them; in the book sphinx-exercise's
+  dropdown already folds them, and those two raw HTML lines are dropped.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from docutils import nodes
 from sphinx.application import Sphinx
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -35,12 +40,23 @@ def _dedupe_scripts(app: Sphinx, pagename, templatename, context, doctree) -> No
     scripts[:] = kept
 
 
+#: the two raw HTML lines around a solution in the chapters' sources
+SOLUTION_FOLD = re.compile(r"^\s*(<details><summary>Solution</summary>|</details>)\s*$")
+
+
+def _drop_solution_folds(app: Sphinx, doctree) -> None:
+    for node in list(doctree.findall(nodes.raw)):
+        if "html" in node.get("format", "").split() and SOLUTION_FOLD.match(node.astext()):
+            node.parent.remove(node)
+
+
 def _add_static(app: Sphinx, config) -> None:
     config.html_static_path.append(str(STATIC))
 
 
 def setup(app: Sphinx):
     app.connect("config-inited", _add_static)
+    app.connect("doctree-read", _drop_solution_folds)
     app.add_css_file("book.css")
     # last: other handlers add page scripts too (every handler runs, whatever they return)
     app.connect("html-page-context", _dedupe_scripts, priority=999)
