@@ -408,8 +408,8 @@ def format_overhead_table(table: Dict[str, object]) -> str:
 # --------------------------------------------------------------------------------------
 #: the stored experiment's settings (``python -m sapa.hf --train``); ``quick`` is the chapter's live run
 EXPERIMENT = dict(hidden_sizes=(16, 32, 64, 128), decoder_hidden_size=32, size=64, num_classes=6,
-                  train_samples=512, val_samples=128, batch_size=16, epochs=12, lr=2e-3, weight_decay=0.01)
-QUICK = dict(EXPERIMENT, train_samples=128, epochs=3)
+                  train_samples=1024, val_samples=128, batch_size=16, epochs=20, lr=2e-3, weight_decay=0.01)
+QUICK = dict(EXPERIMENT, train_samples=256, epochs=3)
 
 CSV_FIELDS = ["upsampler", "seed", "epochs", "train_samples", "steps", "miou", "boundary_iou", "pixel_acc",
               "val_loss", "first_loss", "last_loss", "params", "seconds", "setup"]
@@ -487,7 +487,7 @@ def train_segformer(upsampler: str, seed: int = 0, setup: Optional[dict] = None,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.detach().item())
             step += 1
         ev = _evaluate(model, val_ds, s["batch_size"], s["num_classes"])
         curve.append(dict(epoch=epoch + 1, train_loss=sum(losses) / len(losses), **ev))
