@@ -257,9 +257,14 @@ def segformer_with_upsampler(config, upsampler: str, guide: str = "projected", *
 
 
 def from_pretrained(path, device="cpu"):
-    """Rebuild a converted model saved with ``save_pretrained(path)``: the config's
-    ``sapa_upsampler`` (``"bilinear"``, the stock head, when absent) and the weights of
-    ``path/model.safetensors`` (read with safetensors: data only). Returns it in eval mode."""
+    """Rebuild a converted model saved with ``save_pretrained(path)`` (a local folder).
+
+    The encoder and head weights load through ``SegformerForSemanticSegmentation.from_pretrained``
+    (which maps the checkpoint's key names), then the head is converted as the config's
+    ``sapa_upsampler`` / ``sapa_upsampler_options`` / ``sapa_guide`` say (``"bilinear"``, the
+    stock head, when absent) and the upsamplers' weights are read from ``model.safetensors``
+    (safetensors: data only, no code runs). Returns the model in eval mode.
+    """
     tf = _transformers()
     from safetensors.torch import load_file
 
@@ -267,11 +272,19 @@ def from_pretrained(path, device="cpu"):
     weights = path / "model.safetensors"
     if not (path / "config.json").is_file() or not weights.is_file():
         raise FileNotFoundError(f"{path} holds no config.json and model.safetensors (save_pretrained output)")
-    config = tf.SegformerConfig.from_pretrained(str(path))
-    name = getattr(config, "sapa_upsampler", "bilinear")
-    model = segformer_with_upsampler(config, name, getattr(config, "sapa_guide", "projected"),
-                                     **dict(getattr(config, "sapa_upsampler_options", None) or {}))
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    level = tf.logging.get_verbosity()
+    tf.logging.set_verbosity_error()   # the upsamplers' keys are "unexpected" to the stock class
+    try:
+        model = tf.SegformerForSemanticSegmentation.from_pretrained(str(path))
+    finally:
+        tf.logging.set_verbosity(level)
+    cfg = model.config
+    name = getattr(cfg, "sapa_upsampler", "bilinear")
+    replace_upsampling(model, name, getattr(cfg, "sapa_guide", "projected"),
+                       **dict(getattr(cfg, "sapa_upsampler_options", None) or {}))
+    prefix = "decode_head.upsamplers."
+    ups = {k[len(prefix):]: v for k, v in load_file(str(weights)).items() if k.startswith(prefix)}
+    model.decode_head.upsamplers.load_state_dict(ups, strict=True)
     return model.to(device).eval()
 
 
@@ -408,7 +421,7 @@ def format_overhead_table(table: Dict[str, object]) -> str:
 # --------------------------------------------------------------------------------------
 #: the stored experiment's settings (``python -m sapa.hf --train``); ``quick`` is the chapter's live run
 EXPERIMENT = dict(hidden_sizes=(16, 32, 64, 128), decoder_hidden_size=32, size=64, num_classes=6,
-                  train_samples=1024, val_samples=128, batch_size=16, epochs=20, lr=2e-3, weight_decay=0.01)
+                  train_samples=512, val_samples=128, batch_size=16, epochs=12, lr=2e-3, weight_decay=0.01)
 QUICK = dict(EXPERIMENT, train_samples=256, epochs=3)
 
 CSV_FIELDS = ["upsampler", "seed", "epochs", "train_samples", "steps", "miou", "boundary_iou", "pixel_acc",
