@@ -178,7 +178,12 @@ class UpsamplingDecodeHead(nn.Module):
                 u = proj[k]
                 for j in range(k - 1, -1, -1):
                     g = guides[j]
-                    u = self.upsamplers[i](u, g)
+                    try:
+                        u = self.upsamplers[i](u, g)
+                    except ValueError as e:
+                        raise ValueError(f"upsampler {self.upsampler_name!r} (step {i}, stage {k} -> {j}): {e}; "
+                                         f"image sides that are multiples of 32 make every stage exactly "
+                                         f"twice the next") from e
                     if u.shape[-2:] != g.shape[-2:]:
                         raise ValueError(
                             f"upsampler {self.upsampler_name!r} (step {i}, stage {k} -> {j}) turned "
@@ -405,14 +410,19 @@ def format_overhead_table(table: Dict[str, object]) -> str:
         lines.append(f"stock model ({table['size']} x {table['size']}, bilinear head): "
                      f"{table['model_params'] / 1e6:.2f} M params, {table['model_macs'] / 1e9:.2f} GMACs counted "
                      f"(paper, SegFormer-B1: 13.74 M, 15.91 GFLOPs)")
-    head = ["upsampler", "+GMACs counted", "+GMACs Table 1 formula", "+GFLOPs paper (Table 2)",
-            "+M params counted", "+M params Table 1 formula", "+M params paper (Table 2)"]
+    head = ["upsampler", "GMACs of the upsampling", "+GMACs over bilinear", "Table 1 formula x steps (GMACs)",
+            "paper +GFLOPs (Table 2)", "+M params", "Table 1 formula x 6 (M)", "paper +M params (Table 2)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table["rows"]:
         lines.append("| " + " | ".join([
-            r["name"], f(r["d_macs"], 1e9, 2), f(r["table1_macs"], 1e9, 2),
+            r["name"], f(r["macs"], 1e9, 3), f(r["d_macs"], 1e9, 2), f(r["table1_macs"], 1e9, 2),
             f(r["paper_d_gflops"], 1, 2), f(r["d_params"], 1e6, 3), f(r["table1_params"], 1e6, 3),
             f(r["paper_d_mparams"], 1, 2)]) + " |")
+    lines.append("")
+    lines.append("MACs in the paper's convention (sapa.complexity: one per multiply-accumulate, "
+                 "normalisation left out); the paper's FLOPs are mmcv counts, i.e. MACs, and its Bilinear "
+                 "row counts the resizes as free. Table 1 formula: C = decoder width, d = 32, K = 5, "
+                 "summed over the six steps' low-res pixels.")
     return "\n".join(lines)
 
 
