@@ -332,8 +332,9 @@ def overhead_table(config=None, size: int = 512, names: Optional[Iterable[str]] 
     """Parameters and MACs the head's upsampling costs with each upsampler, for ``config``
     (default :func:`b1_config`) at a ``size`` x ``size`` image, batch 1.
 
-    Counted with :func:`sapa.complexity.count_flops` on each upsampling step alone (random
-    inputs of the step's shapes; MACs in the paper's convention, normalisation left out) and
+    Counted with :func:`sapa.complexity.count_flops` on each upsampling step alone (on the
+    ``meta`` device: shapes only, no arithmetic, so B1 at 512 takes seconds; MACs in the
+    paper's convention, normalisation left out) and
     :func:`sapa.complexity.count_params`. ``"bilinear"`` is the stock head's three resizes.
 
     Returns a dict: ``rows`` (one per name: ``name``, ``params``, ``macs``, ``d_params`` and
@@ -359,21 +360,21 @@ def overhead_table(config=None, size: int = 512, names: Optional[Iterable[str]] 
     steps = [(k, j, sides[j + 1]) for k in range(S - 1, 0, -1) for j in range(k - 1, -1, -1)]
     lowres_hw = sum(h * h for _, _, h in steps)
     formulas = paper_table1(C=D, d=options.get("embedding_dim", 32), K=options.get("kernel_size", 5))
-    g = torch.Generator().manual_seed(0)
+    meta = torch.device("meta")   # shapes only: the counts need no arithmetic
     rows = []
     for n in names:
-        torch.manual_seed(0)
         params = macs = 0
         if n == "bilinear":
-            up = _sapa().build_upsampler("bilinear", D, D, 2)
-            y = torch.zeros(1, D, sides[0], sides[0])
-            for k in range(1, S):
-                macs += count_flops(up, torch.randn(1, D, sides[k], sides[k], generator=g), y)["macs"]
+            with meta:
+                up = _sapa().build_upsampler("bilinear", D, D, 2)
+                y = torch.empty(1, D, sides[0], sides[0])
+                for k in range(1, S):
+                    macs += count_flops(up, torch.empty(1, D, sides[k], sides[k]), y)["macs"]
         else:
             for k, j, h in steps:
-                up = _sapa().build_upsampler(n, D, D, 2, **options)
-                x = torch.randn(1, D, h, h, generator=g)
-                y = torch.randn(1, D, 2 * h, 2 * h, generator=g)
+                with meta:
+                    up = _sapa().build_upsampler(n, D, D, 2, **options)
+                    x, y = torch.empty(1, D, h, h), torch.empty(1, D, 2 * h, 2 * h)
                 params += count_params(up)
                 macs += count_flops(up, x, y)["macs"]
         label = _TABLE1_LABEL.get(n)
@@ -391,10 +392,10 @@ def overhead_table(config=None, size: int = 512, names: Optional[Iterable[str]] 
     if with_model:
         from torch.utils.flop_counter import FlopCounterMode
 
-        torch.manual_seed(0)
-        model = tf.SegformerForSemanticSegmentation(config).eval()
-        with FlopCounterMode(display=False) as fc:
-            model(torch.randn(1, config.num_channels, size, size, generator=g))
+        with meta:
+            model = tf.SegformerForSemanticSegmentation(config).eval()
+            with FlopCounterMode(display=False) as fc:
+                model(torch.empty(1, config.num_channels, size, size))
         out["model_params"] = count_params(model)
         out["model_macs"] = int(fc.get_total_flops()) // 2
     return out
