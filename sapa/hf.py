@@ -590,7 +590,7 @@ def run_sweep(out, upsamplers: Sequence[str] = ("bilinear", "sapa-b"), seeds: Se
                                                                    for k, v in s.items()},
                     seconds=round(meta.get("seconds", 0.0) + res["seconds"], 1),
                     date=time.strftime("%Y-%m-%d"),
-                    machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+                    machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads: {torch.get_num_threads()}, "
                             f"{platform.system()}",
                     torch=torch.__version__, transformers=tf.__version__)
         _write_json(meta_path, meta)
