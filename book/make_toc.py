@@ -22,7 +22,7 @@ CHAPTERS = [
     "notebooks/05_fusing_sapa.md",
     "notebooks/06_comparing_upsamplers.md",
     "notebooks/07_ablations.md",
-    "notebooks/08_segformer.md",
+    "notebooks/09_segformer.md",
 ]
 BACK_MATTER = ["book/bibliography.md"]
 
