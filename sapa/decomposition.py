@@ -49,29 +49,78 @@ def shifted_upsample(query, key, value, kernel_size: int, normalization: str, pa
     kp = F.pad(k, (R, R, R, R))
     vp = F.pad(v, (R, R, R, R))
     exact = Hq % H == 0 and Wq % W == 0
-    if exact:  # phases: output (i, j) = (a*s + u, b*t + w), centre (a, b)
-        s, t = Hq // H, Wq // W
-        q6 = q.reshape(B, d, H, s, W, t)
-
-        def shifted(x, dy, dx):  # (B, c, H, 1, W, 1): broadcast over the phases
-            return x[:, :, dy : dy + H, None, dx : dx + W, None]
+    if exact:
+        out = _exact(q, kp, vp, K, normalization, padding, int(Hq // H), int(Wq // W))
     else:
-        rows = window_centres(Hq, H, q.device)
-        cols = window_centres(Wq, W, q.device)
-        q6 = q
+        out = _gathered(q, kp, vp, K, normalization, padding)
+    return out.to(out_dtype)
 
-        def shifted(x, dy, dx):  # (B, c, H', W') gathered at the shifted centres
-            return x.index_select(2, rows + dy).index_select(3, cols + dx)
 
+#: floats per batch item of one chunk's accumulator: small enough to stay in a core's cache
+#: while the K*K steps run over it (ONNX Runtime runs the graph node by node)
+CHUNK_FLOATS = 1 << 16
+
+
+def _valid(H: int, W: int, K: int, like: torch.Tensor, shifted, positions, cdim: int) -> torch.Tensor:
+    R = K // 2
+    ones = F.pad(torch.ones(1, 1, H, W, dtype=like.dtype, device=like.device), (R, R, R, R))
+    return torch.stack([shifted(ones, dy, dx).sum(cdim) for dy, dx in positions], 1) > 0
+
+
+def _exact(q, kp, vp, K, normalization, padding, s, t):
+    """Integer scales (H' = s H, W' = t W). Output (i, j) = (a*s + u, b*t + w) with centre (a, b)
+    is element (u, w, a, b) of a (B, c, s, t, H, W) tensor: a shifted low-res map
+    (B, c, 1, 1, H, W) broadcasts over the phases with contiguous (H, W) planes. Returns
+    (B, C, H', W')."""
+    B, d = q.shape[:2]
+    H, W = kp.shape[2] - K + 1, kp.shape[3] - K + 1
+    C = vp.shape[1]
     positions = [divmod(p, K) for p in range(K * K)]
-    logits = torch.stack([(q6 * shifted(kp, dy, dx)).sum(1) for dy, dx in positions], 1)
+    qph = q.reshape(B, d, H, s, W, t).permute(0, 3, 5, 1, 2, 4)  # (B, s, t, d, H, W)
+    phases = [qph[:, u, w] for u in range(s) for w in range(t)]  # (B, d, H, W) each
+    # logits (B, K*K, s, t, H, W), one (position, phase) at a time: each product stays small
+    rows = []
+    for dy, dx in positions:
+        ks = kp[:, :, dy : dy + H, dx : dx + W]
+        rows.append(torch.stack([(qp * ks).sum(1) for qp in phases], 1))
+    logits = torch.stack(rows, 1).reshape(B, K * K, s, t, H, W)
     valid = None
-    if padding == "ignore":  # window positions inside the low-res map, (1, K*K, ...) bool
-        ones = F.pad(torch.ones(1, 1, H, W, dtype=ct, device=q.device), (R, R, R, R))
-        valid = torch.cat([shifted(ones, dy, dx).expand((1, 1) + tuple(q6.shape[2:])) for dy, dx in positions], 1) > 0
+    if padding == "ignore":  # (1, K*K, 1, 1, H, W): window positions inside the map
+        ones = F.pad(torch.ones(1, 1, H, W, dtype=q.dtype, device=q.device), (K // 2,) * 4)
+        valid = torch.stack([ones[:, 0, dy : dy + H, dx : dx + W] for dy, dx in positions], 1)[:, :, None, None] > 0
     w = normalize_logits(logits, valid, normalization, dim=1)
+    weights = [w[:, p : p + 1] for p in range(K * K)]  # (B, 1, s, t, H, W)
+    # values: a running sum over the K*K positions, channel chunk by channel chunk
+    step = max(1, CHUNK_FLOATS // (s * t * H * W))
+    chunks = []
+    for vc in (vp.split(step, dim=1) if step < C else (vp,)):
+        acc = None
+        for wp, (dy, dx) in zip(weights, positions):
+            term = wp * vc[:, :, None, None, dy : dy + H, dx : dx + W]
+            acc = term if acc is None else acc + term
+        chunks.append(acc)
+    out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, 1)  # (B, C, s, t, H, W)
+    if s == t:  # DepthToSpace in ONNX
+        return F.pixel_shuffle(out.reshape(B, C * s * t, H, W), s)
+    return out.permute(0, 1, 4, 2, 5, 3).reshape(B, C, H * s, W * t)
+
+
+def _gathered(q, kp, vp, K, normalization, padding):
+    """Any sizes: the shifted maps gathered at the output pixels' centres, (B, c, H', W')."""
+    Hq, Wq = q.shape[2:]
+    H, W = kp.shape[2] - K + 1, kp.shape[3] - K + 1
+    rows = window_centres(Hq, H, q.device)
+    cols = window_centres(Wq, W, q.device)
+    positions = [divmod(p, K) for p in range(K * K)]
+
+    def shifted(x, dy, dx):
+        return x.index_select(2, rows + dy).index_select(3, cols + dx)
+
+    logits = torch.stack([(q * shifted(kp, dy, dx)).sum(1) for dy, dx in positions], 1)
+    valid = _valid(H, W, K, q, shifted, positions, 1) if padding == "ignore" else None
+    w = normalize_logits(logits, valid, normalization, dim=1).unsqueeze(2)  # (B, K*K, 1, H', W')
     out = None
     for p, (dy, dx) in enumerate(positions):
-        term = w[:, p : p + 1] * shifted(vp, dy, dx)
+        term = w[:, p] * shifted(vp, dy, dx)
         out = term if out is None else out + term
-    return out.reshape(B, C, Hq, Wq).to(out_dtype)
+    return out
