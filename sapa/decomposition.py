@@ -98,11 +98,13 @@ def _exact(q, kp, vp, K, normalization, padding, s, t):
         for wp, (dy, dx) in zip(weights, positions):
             term = wp * vc[:, :, None, None, dy : dy + H, dx : dx + W]
             acc = term if acc is None else acc + term
-        chunks.append(acc)
-    out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, 1)  # (B, C, s, t, H, W)
-    if s == t:  # DepthToSpace in ONNX
-        return F.pixel_shuffle(out.reshape(B, C * s * t, H, W), s)
-    return out.permute(0, 1, 4, 2, 5, 3).reshape(B, C, H * s, W * t)
+        # (B, c, s, t, H, W) -> (B, c, H', W'): DepthToSpace in ONNX when s == t
+        c = acc.shape[1]
+        if s == t:
+            chunks.append(F.pixel_shuffle(acc.reshape(B, c * s * t, H, W), s))
+        else:
+            chunks.append(acc.permute(0, 1, 4, 2, 5, 3).reshape(B, c, H * s, W * t))
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, 1)
 
 
 def _gathered(q, kp, vp, K, normalization, padding):

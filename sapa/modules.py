@@ -145,8 +145,8 @@ class SAPA(nn.Module):
     def _check(self, x, y):
         check_tensor("x", x)
         check_tensor("y", y)
-        self._check_not_swapped(x, y)
         if x.shape[1] != self.in_channels:
+            self._check_not_swapped(x, y)
             raise ValueError(f"x must have in_channels={self.in_channels} channels, got shape {tuple(x.shape)}")
         if y.shape[1] != self.guide_channels:
             raise ValueError(
@@ -155,6 +155,7 @@ class SAPA(nn.Module):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y batch sizes differ: x {tuple(x.shape)}, y {tuple(y.shape)}")
         if y.shape[2] < x.shape[2] or y.shape[3] < x.shape[3]:
+            self._check_not_swapped(x, y)
             raise ValueError(
                 f"the guide y must be at least as large as x: x {tuple(x.shape)}, y {tuple(y.shape)}"
             )
@@ -167,7 +168,8 @@ class SAPA(nn.Module):
                             f"{p.device}: move one to the other (e.g. module.to(x))")
 
     def _check_not_swapped(self, x, y):
-        """Refuse (y, x), the official code's argument order, before any work."""
+        """Refuse (y, x), the official code's argument order, before any work. Called only
+        on the failure paths of :meth:`_check`, so valid inputs add no guard under the compiler."""
         C, Cy = self.in_channels, self.guide_channels
         swapped_channels = C != Cy and x.shape[1] == Cy and y.shape[1] == C
         larger = x.shape[2] >= y.shape[2] and x.shape[3] >= y.shape[3] and x.shape[2:] != y.shape[2:]

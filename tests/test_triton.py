@@ -275,14 +275,6 @@ def test_traffic_backward_formula(B, C, d, K, s, H, W, dtype_bytes):
     assert sum(backward_breakdown(B, C, d, K, s, H, W, b).values()) == full
 
 
-# keep only the tests of this process's mode (no pile of "skipped" in either run)
-for _name, _obj in list(globals().items()):
-    if _name.startswith("test_") and getattr(_obj, "_sapa_mode", None) == (
-        "normal" if IN_INTERPRETER else "interp"
-    ):
-        del globals()[_name]
-
-
 @pytest.mark.parametrize("norm,pad", [("softmax", "zeros"), ("softplus", "ignore")])
 @interp_only
 def test_double_backward_matches_reference(norm, pad):
@@ -299,3 +291,12 @@ def test_double_backward_matches_reference(norm, pad):
     for a, e in zip(penalty("triton", torch.float32), penalty("reference", torch.float64)):
         scale = max(e.abs().max().item(), 1.0)
         torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * scale)
+
+
+# keep only the tests of this process's mode (no pile of "skipped" in either run)
+for _name, _obj in list(globals().items()):
+    if _name.startswith("test_") and getattr(_obj, "_sapa_mode", None) == (
+        "normal" if IN_INTERPRETER else "interp"
+    ):
+        del globals()[_name]
+
