@@ -42,7 +42,7 @@ def shifted_upsample(query, key, value, kernel_size: int, normalization: str, pa
     """
     out_dtype = query.dtype
     ct = compute_dtype(out_dtype)
-    q, k, v = query.to(ct), key.to(ct), value.to(ct)
+    q, k, v = (t if t.dtype == ct else t.to(ct) for t in (query, key, value))  # no Cast node when equal
     B, d, Hq, Wq = q.shape
     C, H, W = v.shape[1], v.shape[2], v.shape[3]
     K, R = kernel_size, kernel_size // 2
@@ -53,7 +53,7 @@ def shifted_upsample(query, key, value, kernel_size: int, normalization: str, pa
         out = _exact(q, kp, vp, K, normalization, padding, int(Hq // H), int(Wq // W))
     else:
         out = _gathered(q, kp, vp, K, normalization, padding)
-    return out.to(out_dtype)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
 #: floats per batch item of one chunk's accumulator: small enough to stay in a core's cache
