@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Dict, Mapping, Optional, Union
+from typing import Callable, Dict, Mapping, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -92,7 +92,7 @@ def _official_variant(sd: Mapping) -> str:
     raise ValueError("the checkpoint does not look like an official SAPA module (no norm_y/norm_x/q/k keys)")
 
 
-def _resolve_name(name_or_class, sd: Mapping) -> (str, bool):
+def _resolve_name(name_or_class, sd: Mapping) -> Tuple[str, bool]:
     """(upsampler name, whether a bare :class:`sapa.SAPA` is wanted)."""
     if name_or_class is SAPA:
         return _official_variant(sd), True
