@@ -16,6 +16,7 @@ $(STAMP): $(REQS)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints-ci.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	-$(PY) -m sapa.build   # the C++ CPU kernel, built once here (a failure only means the slower fallback)
 	touch $(STAMP)
 
 test: $(STAMP)

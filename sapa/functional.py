@@ -19,12 +19,15 @@ This module validates the arguments and dispatches to a backend (``sapa.backends
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_qkv, check_tensor
 from . import library as _library  # noqa: F401  (registers the sapa:: ops)
 from .backends import get_backend, has_backward, resolve_backend_name
 from .backends.reference import reference_weights
+from .decomposition import shifted_upsample
 from .normalize import compute_dtype
 
 __all__ = ["sapa_upsample", "sapa_kernels"]
@@ -80,7 +83,10 @@ def sapa_upsample(
     so ``torch.compile`` (``fullgraph=True``, ``dynamic=True``), ``torch.export``,
     ``torch.jit.trace``, meta and fake tensors and ``torch.func`` transforms see one opaque op
     with a shape function; plain eager calls run the same backend functions without the op's
-    Python dispatch. The ONNX exporters get the reference formulation (standard ops) instead.
+    Python dispatch. The ONNX exporters get :func:`sapa.decomposition.shifted_upsample`
+    (standard ops, no K*K x C tensor) instead. Every backend is differentiable to any order:
+    derivatives beyond the first (``create_graph=True``, ``torch.func.jvp``/``jacfwd``/
+    ``hessian``) differentiate that formulation (see :mod:`sapa.library`).
 
     The window centre of output pixel (i, j) is (floor(i*H/H'), floor(j*W/W')), so any
     H' >= H, W' >= W works (e.g. a skip connection of size 2H+1).
@@ -91,10 +97,10 @@ def sapa_upsample(
     check_choice("padding", padding, PADDINGS)
     name = resolve_backend_name(backend, query.device.type, query.dtype)
     plain = not torch.compiler.is_compiling() and _plain_eager(query, key, value)
-    if not plain and torch.onnx.is_in_onnx_export():  # the exporters trace: never plain eager
-        # the exporters get standard ops (unfold, einsum, softmax), not the opaque sapa:: op
-        name = "reference"
-    if has_backward(name):
+    if not plain and _in_onnx_export():  # the exporters trace: never plain eager
+        # the exporters get standard ops (K*K shifted slices, no K*K x C tensor), not the opaque op
+        out = shifted_upsample(query, key, value, kernel_size, normalization, padding)
+    elif has_backward(name):
         args = (query, key, value, kernel_size, normalization, padding, name)
         if plain:
             # the same backend functions as the op, without the op's Python dispatch (~60-100 us a call)
@@ -113,23 +119,38 @@ def sapa_upsample(
 
 
 class _EagerUpsample(torch.autograd.Function):
-    """Eager fast path of ``sapa::upsample``: the backend's forward and backward, as the op's."""
+    """Eager fast path of ``sapa::upsample``: the backend's forward and backward, as the op's.
+
+    A backward that is itself differentiated (``create_graph=True``: grad mode is on inside
+    it) runs as :class:`sapa.library.BackwardFunction`, whose derivatives are those of the
+    standard-op formulation; forward mode (``jvp``) likewise.
+    """
 
     @staticmethod
     def forward(ctx, query, key, value, kernel_size, normalization, padding, be):
         out, stat = be.forward(query, key, value, kernel_size, normalization, padding)
         ctx.save_for_backward(query, key, value, out, stat)
+        ctx.save_for_forward(query, key, value)
         ctx.cfg = (kernel_size, normalization, padding, be)
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         query, key, value, out, stat = ctx.saved_tensors
         kernel_size, normalization, padding, be = ctx.cfg
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
-        grads = be.backward(grad_out, query, key, value, out, stat, kernel_size, normalization, padding, needs)
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must carry a graph
+            grads = _library.BackwardFunction.apply(grad_out, query, key, value, out, stat, kernel_size,
+                                                    normalization, padding, be.name, *needs)
+        else:
+            grads = be.backward(grad_out, query, key, value, out, stat, kernel_size, normalization, padding, needs)
         return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 4
+
+    @staticmethod
+    def jvp(ctx, d_query, d_key, d_value, *_):
+        kernel_size, normalization, padding, _be = ctx.cfg
+        return _library.forward_jvp((kernel_size, normalization, padding), ctx.saved_tensors,
+                                    (d_query, d_key, d_value))
 
 
 def _plain_eager(*tensors: torch.Tensor) -> bool:
@@ -141,6 +162,11 @@ def _plain_eager(*tensors: torch.Tensor) -> bool:
                 or torch._is_functional_tensor(t):
             return False
     return True
+
+
+def _in_onnx_export() -> bool:
+    onnx = sys.modules.get("torch.onnx")  # not imported: no export can be running
+    return onnx is not None and onnx.is_in_onnx_export()
 
 
 def _under_functorch(*tensors: torch.Tensor) -> bool:

@@ -19,7 +19,16 @@ dimension is folded into the batch, every batch item being independent), ``grad`
 ``jacrev``, ``functional_call``. A custom op's own autograd wrapper does not support the
 ``torch.func`` gradient transforms, so under them :func:`sapa.sapa_upsample` calls the ops
 through :class:`UpsampleFunction` (an ``autograd.Function`` with ``setup_context`` and a
-generated vmap rule) instead. Double backward is not implemented.
+generated vmap rule) instead.
+
+Higher derivatives. The backends' backward kernels compute first-order gradients only; every
+derivative beyond them (double backward, e.g. a gradient penalty with ``create_graph=True``;
+forward mode: ``torch.func.jvp``, ``jacfwd``, ``hessian``, ``torch.autograd.forward_ad``)
+differentiates the standard-op formulation :func:`sapa.decomposition.shifted_upsample`
+instead (same values, no (K*K x C) tensor): ``sapa::upsample_backward`` has an autograd
+formula of its own (the vector-Jacobian product of that formulation's gradients), and the
+``autograd.Function`` wrappers have ``jvp`` rules. Plain first-order training keeps the
+fused kernels.
 """
 from __future__ import annotations
 
@@ -29,8 +38,10 @@ import torch
 from torch import Tensor
 
 from .backends import get_backend
+from .decomposition import shifted_upsample
 
-__all__ = ["upsample", "upsample_backward", "UpsampleFunction"]
+__all__ = ["upsample", "upsample_backward", "UpsampleFunction", "BackwardFunction", "backward_vjp", "backward_jvp",
+           "forward_jvp"]
 
 
 def _empty_stat(like: Tensor) -> Tensor:
@@ -103,6 +114,88 @@ def _backward(ctx, grad_out, grad_stat):
 upsample.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ---- derivatives beyond the first order: through the standard-op formulation -----------
+def _formula_grads(cfg, grad_out, query, key, value):
+    """(grad_query, grad_key, grad_value) of :func:`shifted_upsample`: differentiable again."""
+    kernel_size, normalization, padding = cfg
+
+    def f(q, k, v):
+        return shifted_upsample(q, k, v, kernel_size, normalization, padding)
+
+    return torch.func.vjp(f, query, key, value)[1](grad_out.to(query.dtype))
+
+
+def _placeholders(grads, needs, like):
+    """Not-needed gradients as the ops' (0,) placeholders."""
+    return tuple(g if need else _not_needed(t) for g, need, t in zip(grads, needs, like))
+
+
+def _cotangents(cots, needs, like):
+    return tuple(
+        (c if c is not None else torch.zeros_like(t)) for c, need, t in zip(cots, needs, like) if need
+    )
+
+
+def backward_vjp(cfg, needs, saved, cots):
+    """Vector-Jacobian product of the backward: cotangents of (grad_query, grad_key, grad_value)
+    -> gradients w.r.t. (grad_out, query, key, value); ``saved`` = those four tensors."""
+    grad_out, query, key, value = saved
+
+    def first(g, q, k, v):
+        grads = _formula_grads(cfg, g, q, k, v)
+        return tuple(gr for gr, need in zip(grads, needs) if need)
+
+    primal = (grad_out, query, key, value)
+    _, pull = torch.func.vjp(first, *primal)
+    return pull(_cotangents(cots, needs, (query, key, value)))
+
+
+def _jvp_by_vjp(fn, primals, tangents):
+    """Jacobian-vector product of ``fn`` at ``primals`` from two reverse-mode products (the vjp
+    is linear in its cotangent; the vjp of that map is the jvp), so that it also runs inside
+    ``torch.autograd.forward_ad``, where forward mode cannot nest."""
+    tangents = tuple(t if t is not None else torch.zeros_like(p) for t, p in zip(tangents, primals))
+    outs, pull = torch.func.vjp(fn, *primals)
+    dummy = tuple(torch.zeros_like(o) for o in outs) if isinstance(outs, tuple) else torch.zeros_like(outs)
+    _, pull_pull = torch.func.vjp(pull, dummy)
+    (tan,) = pull_pull(tangents)
+    return tan
+
+
+def backward_jvp(cfg, needs, saved, tangents):
+    """Jacobian-vector product of the backward: tangents of (grad_out, query, key, value)
+    -> tangents of (grad_query, grad_key, grad_value) ((0,) where not needed)."""
+
+    def first(g, q, k, v):
+        return _formula_grads(cfg, g, q, k, v)
+
+    return _placeholders(_jvp_by_vjp(first, tuple(saved), tangents), needs, saved[1:])
+
+
+def forward_jvp(cfg, saved, tangents):
+    """Tangent of the output given tangents of (query, key, value) (None = zero)."""
+
+    def f(q, k, v):
+        return shifted_upsample(q, k, v, *cfg)
+
+    return _jvp_by_vjp(f, tuple(saved), tangents)
+
+
+def _setup_backward_context(ctx, inputs, output):
+    grad_out, query, key, value = inputs[:4]
+    ctx.save_for_backward(grad_out, query, key, value)
+    ctx.cfg = tuple(inputs[6:9])
+    ctx.needs = tuple(bool(n) for n in inputs[10:13])
+
+
+def _backward_backward(ctx, grad_query, grad_key, grad_value):
+    grads = backward_vjp(ctx.cfg, ctx.needs, ctx.saved_tensors, (grad_query, grad_key, grad_value))
+    return tuple(grads) + (None,) * 9  # out, stat (the formula recomputes them) and the options
+
+
+upsample_backward.register_autograd(_backward_backward, setup_context=_setup_backward_context)
+
+
 class UpsampleFunction(torch.autograd.Function):
     """``sapa::upsample`` and its backward op as an ``autograd.Function`` (for ``torch.func``).
 
@@ -119,17 +212,30 @@ class UpsampleFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         _setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:3])
+        ctx.jvp_cfg = tuple(inputs[3:6])
+
+    @staticmethod
+    def jvp(ctx, d_query, d_key, d_value, *_):
+        saved = ctx.saved_tensors[:3]
+        return forward_jvp(ctx.jvp_cfg, saved, (d_query, d_key, d_value)), None
 
     @staticmethod
     def backward(ctx, grad_out, grad_stat):
         query, key, value, out, stat = ctx.saved_tensors
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
-        grads = _BackwardFunction.apply(grad_out, query, key, value, out, stat, *ctx.cfg, *needs)
+        grads = BackwardFunction.apply(grad_out, query, key, value, out, stat, *ctx.cfg, *needs)
         return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 4
 
 
-class _BackwardFunction(torch.autograd.Function):
-    """``sapa::upsample_backward`` for :class:`UpsampleFunction`; not differentiable itself."""
+class BackwardFunction(torch.autograd.Function):
+    """``sapa::upsample_backward`` as an ``autograd.Function``: differentiable (reverse and
+    forward mode) through :func:`backward_vjp` / :func:`backward_jvp`.
+
+    ``BackwardFunction.apply(grad_out, query, key, value, out, stat, kernel_size,
+    normalization, padding, backend, need_query, need_key, need_value)`` returns the op's
+    (grad_query, grad_key, grad_value).
+    """
 
     generate_vmap_rule = True
 
@@ -139,11 +245,17 @@ class _BackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        pass
+        _setup_backward_context(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:4])
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError("sapa::upsample_backward is not differentiable (no double backward)")
+        return _backward_backward(ctx, *grads)
+
+    @staticmethod
+    def jvp(ctx, d_grad_out, d_query, d_key, d_value, *_):
+        return backward_jvp(ctx.cfg, ctx.needs, ctx.saved_tensors, (d_grad_out, d_query, d_key, d_value))
+
 
 
 # ---- vmap: fold the vmapped dimension into the batch ----------------------------------

@@ -47,6 +47,9 @@ class SAPA(nn.Module):
 
     ``forward(x, y)`` upsamples the low-res feature x (B, in_channels, H, W) to the size of
     the high-res guide y (B, guide_channels, H', W') and returns (B, in_channels, H', W')
+    (the official code's ``SAPA(dim_y, dim_x)`` / ``forward(y, x)`` take them the other way
+    round: arguments that look swapped are refused with a ValueError that says so; official
+    checkpoints load with :func:`sapa.from_official`)
     (any H' >= H, W' >= W; channels-last when x is). The value that is upsampled is always
     the raw x; the kernels come from the similarity of y's and x's embeddings.
 
@@ -143,6 +146,7 @@ class SAPA(nn.Module):
         check_tensor("x", x)
         check_tensor("y", y)
         if x.shape[1] != self.in_channels:
+            self._check_not_swapped(x, y)
             raise ValueError(f"x must have in_channels={self.in_channels} channels, got shape {tuple(x.shape)}")
         if y.shape[1] != self.guide_channels:
             raise ValueError(
@@ -151,6 +155,7 @@ class SAPA(nn.Module):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y batch sizes differ: x {tuple(x.shape)}, y {tuple(y.shape)}")
         if y.shape[2] < x.shape[2] or y.shape[3] < x.shape[3]:
+            self._check_not_swapped(x, y)
             raise ValueError(
                 f"the guide y must be at least as large as x: x {tuple(x.shape)}, y {tuple(y.shape)}"
             )
@@ -161,6 +166,22 @@ class SAPA(nn.Module):
         if x.device != p.device or (x.dtype != p.dtype and not _autocast(x)):
             raise TypeError(f"x is {x.dtype} on {x.device} but the module's parameters are {p.dtype} on "
                             f"{p.device}: move one to the other (e.g. module.to(x))")
+
+    def _check_not_swapped(self, x, y):
+        """Refuse (y, x), the official code's argument order, before any work. Called only
+        on the failure paths of :meth:`_check`, so valid inputs add no guard under the compiler."""
+        C, Cy = self.in_channels, self.guide_channels
+        swapped_channels = C != Cy and x.shape[1] == Cy and y.shape[1] == C
+        larger = x.shape[2] >= y.shape[2] and x.shape[3] >= y.shape[3] and x.shape[2:] != y.shape[2:]
+        if swapped_channels or (larger and x.shape[1] == y.shape[1] == C == Cy):
+            why = (f"x has guide_channels={Cy} channels and y has in_channels={C}" if swapped_channels
+                   else "x is larger than the guide y")
+            raise ValueError(
+                f"x and y look swapped ({why}): x {tuple(x.shape)}, y {tuple(y.shape)}. sapa.SAPA is "
+                "called as forward(x, y) with x the low-res feature (B, in_channels, H, W) and y the "
+                "high-res guide (B, guide_channels, H', W'); the official SAPA's forward(y, x) takes "
+                "them the other way round"
+            )
 
     def query_key(self, x: torch.Tensor, y: torch.Tensor):
         """Embeddings (query (B, d, H', W'), key (B, d, H, W)) for x (B, C, H, W), y (B, C_y, H', W')."""

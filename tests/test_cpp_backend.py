@@ -21,6 +21,8 @@ import torch
 import sapa
 from sapa.backends import cpp, resolve_backend
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 NORMS = ("softmax", "relu", "sigmoid", "softplus", "none")
 PADS = ("zeros", "ignore")
 # (B, d, C, H, W, H', W'): integer scales, odd and non-integer scales, H' = H, 1-pixel maps,
@@ -209,3 +211,46 @@ def test_fallback_without_a_compiler(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["OK", "torch"]
     assert proc.stderr.count("C++ CPU kernel could not be built") == 1, proc.stderr[-3000:]
+
+
+def test_first_build_says_so_once(monkeypatch, capsys):
+    """Nothing cached: one line on stderr before the build; none when it is cached."""
+    from torch.utils import cpp_extension
+
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: calls.append(kw) or object())
+    for cached, expected in ((False, 1), (True, 0)):
+        _reset_loader(monkeypatch)
+        monkeypatch.setattr(cpp, "_is_built", lambda: cached)
+        assert cpp.load_extension() is not None and cpp.load_extension() is not None
+        err = capsys.readouterr().err
+        assert err.count("building the C++ CPU kernel") == expected, err
+        assert expected == 0 or "python -m sapa.build" in err
+    assert len(calls) == 2
+
+
+def test_no_compiler_is_said_plainly(monkeypatch, tmp_path):
+    _reset_loader(monkeypatch)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    monkeypatch.delenv("SAPA_CPP", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cpp.load_extension() is None
+    msgs = [str(w.message) for w in caught if "C++ CPU kernel could not be built" in str(w.message)]
+    assert len(msgs) == 1 and "no C++ compiler found" in msgs[0], msgs
+
+
+def test_build_cli(tmp_path):
+    """``python -m sapa.build``: one line and exit status 0 (kernel ready) or 1 (why not)."""
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
+    env.pop("SAPA_CPP", None)
+    res = subprocess.run([sys.executable, "-m", "sapa.build"], cwd=ROOT, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.strip().count("\n") == 0 and "no C++ compiler found" in res.stderr, res.stderr
+    res = subprocess.run([sys.executable, "-m", "sapa.build", "--bogus"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    if cpp.load_extension() is not None:  # cached by this process already: the CLI finds it
+        res = subprocess.run([sys.executable, "-m", "sapa.build"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0 and res.stdout.count("\n") == 1 and "ready" in res.stdout, res.stderr

@@ -87,3 +87,13 @@ def test_module_imports_first_in_a_fresh_interpreter(module):
     if res.returncode and module.endswith("triton") and "needs Triton" in res.stderr:
         pytest.skip("triton is not installed")
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_import_sapa_is_light():
+    """``import sapa`` imports torch and the operator, not the compiler, Triton, ONNX, matplotlib."""
+    heavy = ["torch._dynamo", "triton", "onnx", "torch.onnx", "matplotlib", "onnxruntime"]
+    code = ("import sys, sapa; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "", f"import sapa imported {res.stdout.strip()}"

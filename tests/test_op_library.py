@@ -274,7 +274,7 @@ def test_jit_trace_save_load(tmp_path):
     torch.testing.assert_close(loaded(x2, y2), m(x2, y2))
 
 
-def test_eager_path_equals_the_op_and_refuses_double_backward():
+def test_eager_path_equals_the_op_and_double_backward():
     q, k, v = (t.requires_grad_() for t in _qkv(dtype=torch.float64))
     for backend in _fast_cpu_backends():
         out = sapa.sapa_upsample(q, k, v, 3, "relu", "ignore", backend=backend)  # eager fast path
@@ -283,5 +283,92 @@ def test_eager_path_equals_the_op_and_refuses_double_backward():
         g = torch.randn_like(out)
         torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(op_out, (q, k, v), g))
         (gq,) = torch.autograd.grad(sapa.sapa_upsample(q, k, v, 3, backend=backend).sum(), q, create_graph=True)
-        with pytest.raises(RuntimeError, match="differentiate twice|does not require grad"):
-            gq.sum().backward()
+        (gq_ref,) = torch.autograd.grad(sapa.sapa_upsample(q, k, v, 3, backend="reference").sum(), q,
+                                        create_graph=True)
+        torch.testing.assert_close(gq, gq_ref)
+        assert gq.requires_grad  # a graph: second-order gradients (tests/test_higher_order.py)
+        torch.testing.assert_close(torch.autograd.grad(gq.square().sum(), k),
+                                   torch.autograd.grad(gq_ref.square().sum(), k))
+
+
+def _export_op(normalization, padding, dynamo, K=3):
+    onnx = pytest.importorskip("onnx")
+
+    class Op(torch.nn.Module):
+        def forward(self, q, k, v):
+            return sapa.sapa_upsample(q, k, v, K, normalization, padding)
+
+    q, k, v = _qkv(B=2, d=4, C=12, H=5, W=6, Hq=10, Wq=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            pytest.importorskip("onnxscript")
+            b = torch.export.Dim("B")
+            return torch.onnx.export(Op(), (q, k, v), dynamo=True, dynamic_shapes=({0: b},) * 3).model_proto
+        f = io.BytesIO()
+        torch.onnx.export(Op(), (q, k, v), f, dynamo=False, opset_version=17, input_names=["q", "k", "v"],
+                          dynamic_axes={n: {0: "B"} for n in ("q", "k", "v")})
+        return onnx.load_from_string(f.getvalue())
+
+
+def _largest_per_item(model):
+    """Most elements per batch item of any tensor of the graph (shape inference, static dims)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    best = 0
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        if len(dims) >= 2 and all(dims[1:]):
+            n = 1
+            for x in dims[1:]:
+                n *= x
+            best = max(best, n)
+    return best
+
+
+@pytest.mark.parametrize("padding", ["zeros", "ignore"])
+@pytest.mark.parametrize("normalization", ["softmax", "relu", "sigmoid", "softplus", "none"])
+def test_onnx_graph_is_the_shifted_decomposition_any_batch(normalization, padding):
+    ort = pytest.importorskip("onnxruntime")
+    model = _export_op(normalization, padding, dynamo=False)
+    # no tensor holds the K*K gathered values: nothing larger per item than the output (C x H' x W')
+    assert 0 < _largest_per_item(model) <= 12 * 10 * 12
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for B in (3, 0):  # exported with B = 2: a dynamic batch, also empty
+        q, k, v = _qkv(B=B, d=4, C=12, H=5, W=6, Hq=10, Wq=12, seed=B)
+        out = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
+        ref = sapa.sapa_upsample(q, k, v, 3, normalization, padding)
+        assert out.shape == tuple(ref.shape)
+        torch.testing.assert_close(torch.from_numpy(out), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_dynamo_exporter_dynamic_batch():
+    ort = pytest.importorskip("onnxruntime")
+    model = _export_op("softmax", "ignore", dynamo=True)
+    assert 0 < _largest_per_item(model) <= 12 * 10 * 12
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    for B in (3, 0):
+        q, k, v = _qkv(B=B, d=4, C=12, H=5, W=6, Hq=10, Wq=12, seed=B)
+        out = sess.run(None, dict(zip(names, (q.numpy(), k.numpy(), v.numpy()))))[0]
+        torch.testing.assert_close(torch.from_numpy(out), sapa.sapa_upsample(q, k, v, 3, "softmax", "ignore"),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_non_integer_scale():
+    ort = pytest.importorskip("onnxruntime")
+
+    class Op(torch.nn.Module):
+        def forward(self, q, k, v):
+            return sapa.sapa_upsample(q, k, v, 5, "softmax", "zeros")
+
+    q, k, v = _qkv(Hq=11, Wq=13)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Op(), (q, k, v), f, dynamo=False, opset_version=17, input_names=["q", "k", "v"])
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    q, k, v = _qkv(Hq=11, Wq=13, seed=4)
+    out = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), sapa.sapa_upsample(q, k, v, 5), atol=1e-4, rtol=1e-4)

@@ -275,9 +275,28 @@ def test_traffic_backward_formula(B, C, d, K, s, H, W, dtype_bytes):
     assert sum(backward_breakdown(B, C, d, K, s, H, W, b).values()) == full
 
 
+@pytest.mark.parametrize("norm,pad", [("softmax", "zeros"), ("softplus", "ignore")])
+@interp_only
+def test_double_backward_matches_reference(norm, pad):
+    """A gradient penalty through the Triton backend: second-order gradients as the reference's."""
+    q, k, v, _ = _inputs(1, 3, 4, 3, 4, 6, 9, seed=3)
+    q, k, v = (t.float().double() for t in (q, k, v))
+
+    def penalty(backend, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        out = sapa.sapa_upsample(*leaves, kernel_size=3, normalization=norm, padding=pad, backend=backend)
+        (gq,) = torch.autograd.grad(out.square().sum(), leaves[0], create_graph=True)
+        return torch.autograd.grad(gq.square().sum(), leaves)
+
+    for a, e in zip(penalty("triton", torch.float32), penalty("reference", torch.float64)):
+        scale = max(e.abs().max().item(), 1.0)
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4 * scale)
+
+
 # keep only the tests of this process's mode (no pile of "skipped" in either run)
 for _name, _obj in list(globals().items()):
     if _name.startswith("test_") and getattr(_obj, "_sapa_mode", None) == (
         "normal" if IN_INTERPRETER else "interp"
     ):
         del globals()[_name]
+

@@ -53,6 +53,13 @@ __all__ = ["Backend", "register_backend", "available_backends", "get_backend", "
            "resolve_backend_name", "has_backward", "AUTO_ORDER"]
 
 
+def _assume_constant_result(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` (seconds
+    of import time): the decorator only sets this attribute, which Dynamo reads when it traces."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def _always(query: torch.Tensor) -> bool:
     return True
 
@@ -131,7 +138,7 @@ def _load_optional() -> None:
             _MISSING[name] = f"{type(exc).__name__}: {exc}"
 
 
-@torch.compiler.assume_constant_result  # torch.compile runs it at trace time, never traces it
+@_assume_constant_result  # torch.compile runs it at trace time, never traces it
 def available_backends() -> Tuple[str, ...]:
     """Names accepted by ``backend=`` (besides ``"auto"``) in this process."""
     _load_optional()
@@ -176,7 +183,7 @@ def _probe(device_type: str, dtype: torch.dtype) -> _Probe:
     return _Probe(device_type, dtype)
 
 
-@torch.compiler.assume_constant_result  # runs at trace time: the compiler never sees the registry
+@_assume_constant_result  # runs at trace time: the compiler never sees the registry
 def resolve_backend_name(backend: str, device_type: str, dtype: torch.dtype) -> str:
     """Name of the backend that runs a query on ``device_type`` with ``dtype``.
 
@@ -211,7 +218,7 @@ def resolve_backend(backend: str, query: torch.Tensor) -> Backend:
     return get_backend(resolve_backend_name(backend, query.device.type, query.dtype))
 
 
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def has_backward(name: str) -> bool:
     """Whether backend ``name`` brings its own backward (else autograd sees through it)."""
     return get_backend(name).backward is not None

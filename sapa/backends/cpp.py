@@ -7,10 +7,13 @@ package from PyPI is a dependency). The build is cached in PyTorch's extensions 
 hashes the source, the compiler flags, the torch version and the CPU's instruction set, so a
 later process loads it in well under a second and a changed source is rebuilt.
 
-When the build fails (no compiler, no ninja, a compile error) the backend reports itself
-unavailable, ``backend="auto"`` falls back to the pure PyTorch backend ``"torch"`` and one
-``RuntimeWarning`` per process says why. ``SAPA_CPP=0`` in the environment skips the build
-silently (the same fallback, deliberately).
+The first build takes about a minute; one line on stderr says so while it runs.
+``python -m sapa.build`` builds (or finds) it ahead of time and says whether it worked (``make
+venv`` runs it). When the build fails (no C++ compiler, no ninja, a compile error) the backend
+reports itself unavailable, ``backend="auto"`` falls back to the pure PyTorch backend
+``"torch"`` and one ``RuntimeWarning`` per process says why (``no C++ compiler found`` when
+neither ``$CXX`` nor ``c++`` is on the PATH). ``SAPA_CPP=0`` in the environment skips the
+build silently (the same fallback, deliberately).
 
 Every normalisation and both paddings are covered, for any output size H' >= H, W' >= W.
 Half precision is not: ``"auto"`` runs float16/bfloat16 CPU tensors on ``"torch"``.
@@ -27,6 +30,7 @@ import hashlib
 import os
 import platform
 import shutil
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -34,7 +38,8 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["forward", "backward", "available", "auto", "load_extension", "build_error", "SOURCE"]
+__all__ = ["forward", "backward", "available", "auto", "load_extension", "build_error", "build_directory",
+           "SOURCE"]
 
 #: the C++ source, shipped as package data
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "sapa_cpu.cpp"
@@ -88,10 +93,32 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def load_extension():
+def _compiler() -> Optional[str]:
+    """The C++ compiler PyTorch would call (``$CXX``, else ``c++``), or None if there is none."""
+    cxx = os.environ.get("CXX", "c++")
+    return shutil.which(cxx) or (cxx if os.path.isfile(cxx) and os.access(cxx, os.X_OK) else None)
+
+
+def build_directory() -> str:
+    """Where the extension is built and cached (under ``$TORCH_EXTENSIONS_DIR``)."""
+    from torch.utils import cpp_extension
+
+    return cpp_extension._get_build_directory(_module_name(), verbose=False)
+
+
+def _is_built() -> bool:
+    try:
+        d = build_directory()
+        return any(f.endswith((".so", ".pyd")) for f in os.listdir(d))
+    except Exception:  # private helper moved, unreadable directory: just announce the build
+        return False
+
+
+def load_extension(announce: bool = True):
     """The compiled extension module (built on the first call), or None if it cannot be built.
 
-    A failed build warns once (RuntimeWarning) and is not retried in this process.
+    A build (nothing cached yet) prints one line on stderr first when ``announce``. A failed
+    build warns once (RuntimeWarning) and is not retried in this process.
     """
     global _ext, _error
     if _ext is not None or _error is not None:
@@ -103,9 +130,15 @@ def load_extension():
             _error = "disabled by SAPA_CPP=0"
             return None
         try:
+            if _compiler() is None:
+                raise RuntimeError(f"no C++ compiler found ({os.environ.get('CXX', 'c++')!r} is not on the PATH; "
+                                   "install g++ or clang++, or set CXX)")
             _ninja_on_path()
             from torch.utils import cpp_extension
 
+            if announce and not _is_built():
+                print("sapa: building the C++ CPU kernel (first use only, about a minute; "
+                      "`python -m sapa.build` does it ahead of time) ...", file=sys.stderr, flush=True)
             _ext = cpp_extension.load(name=_module_name(), sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
                                       verbose=False)
         except Exception as exc:  # no compiler, no ninja, compile error: fall back

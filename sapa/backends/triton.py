@@ -82,9 +82,9 @@ should) but to no gradient. Three kernels:
   multiply-adds), turns ``gw_p`` into ``gs_p``, accumulates ``gs_p k_p`` in a
   ``BLOCK_P x BLOCK_D`` register block, and stores ``gs_p`` (for the key gradient) and
   ``w_p`` (for the value gradient) in the scratch.
-* ``_sapa_bwd_k_kernel`` and ``_sapa_bwd_v_kernel``, grid (low-res pixel tiles, feature
-  blocks, B), gather instead of scatter: the gradient of low-res pixel ``(a, b)`` is computed
-  by exactly one program. For window offset ``(dy, dx)`` the outputs that see ``(a, b)`` at
+* ``_sapa_bwd_gather_kernel``, launched twice (key gradient, value gradient), grid
+  (low-res pixel tiles, feature blocks, B), gather instead of scatter: the gradient of
+  low-res pixel ``(a, b)`` is computed by exactly one program. For window offset ``(dy, dx)`` the outputs that see ``(a, b)`` at
   that offset are those whose centre is ``(r, c) = (a - dy + R, b - dx + R)``; the output
   rows with centre ``r`` are the contiguous range ``[ceil(r H'/H), ceil((r+1) H'/H))``, at
   most ``MR = ceil(H'/H)`` rows (columns likewise, ``MC``). ``_gather_offset`` loops over the
@@ -385,12 +385,17 @@ def _gather_offset(acc, c_base, x_base, offs_f, mask_f, a, b, mask_p, Hq, Wq, H,
 
 
 @triton.jit
-def _sapa_bwd_v_kernel(
-    w_ptr, g_ptr, gv_ptr,
-    C, Hq, Wq, H, W, MR, MC,
+def _sapa_bwd_gather_kernel(
+    coef_ptr, x_ptr, res_ptr,
+    F, Hq, Wq, H, W, MR, MC,
     K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """grad_value[l] = sum over the (output o, window position p) that see l of w[o, p] g[o]."""
+    """res[l] = sum over the (output o, window position p) that see low-res pixel l of
+    coef[o, p] x[o]: coef (B, K*K, H'W') float32, x (B, F, H'W'), res (B, F, H*W).
+
+    Launched twice by the backward: the key gradient (coef = the logit gradients ``gs``,
+    x = the query, F = d) and the value gradient (coef = the weights ``w``, x = ``grad_out``,
+    F = C)."""
     pid_p = tl.program_id(0)
     pid_f = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -401,54 +406,23 @@ def _sapa_bwd_v_kernel(
     mask_p = offs_p < HW
     a = offs_p // W
     b = offs_p % W
-    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)  # value channels
-    mask_f = offs_f < C
-    w_base = w_ptr + pid_b * (K * K) * HWq
-    g_base = g_ptr + pid_b * C * HWq
-    gv = tl.zeros([BLOCK_P, BLOCK_F], tl.float32)
+    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)  # features (embedding or value channels)
+    mask_f = offs_f < F
+    c_base = coef_ptr + pid_b * (K * K) * HWq
+    x_base = x_ptr + pid_b * F * HWq
+    acc = tl.zeros([BLOCK_P, BLOCK_F], tl.float32)
     for dy in range(K):
         for dx in range(K):
-            gv = _gather_offset(gv, w_base, g_base, offs_f, mask_f, a, b, mask_p, Hq, Wq, H, W, MR, MC,
-                                dy, dx, R, K)
-    tl.store(gv_ptr + pid_b * C * HW + offs_f[None, :] * HW + offs_p[:, None],
-             gv.to(gv_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_f[None, :])
-
-
-@triton.jit
-def _sapa_bwd_k_kernel(
-    gs_ptr, q_ptr, gk_ptr,
-    d, Hq, Wq, H, W, MR, MC,
-    K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_F: tl.constexpr,
-):
-    """grad_key[l] = sum over the (output o, window position p) that see l of gs[o, p] q[o]."""
-    pid_p = tl.program_id(0)
-    pid_f = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    R: tl.constexpr = K // 2
-    HWq = Hq * Wq
-    HW = H * W
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # low-res pixels (a, b)
-    mask_p = offs_p < HW
-    a = offs_p // W
-    b = offs_p % W
-    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)  # embedding channels
-    mask_f = offs_f < d
-    gs_base = gs_ptr + pid_b * (K * K) * HWq
-    q_base = q_ptr + pid_b * d * HWq
-    gk = tl.zeros([BLOCK_P, BLOCK_F], tl.float32)
-    for dy in range(K):
-        for dx in range(K):
-            gk = _gather_offset(gk, gs_base, q_base, offs_f, mask_f, a, b, mask_p, Hq, Wq, H, W, MR, MC,
-                                dy, dx, R, K)
-    tl.store(gk_ptr + pid_b * d * HW + offs_f[None, :] * HW + offs_p[:, None],
-             gk.to(gk_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_f[None, :])
+            acc = _gather_offset(acc, c_base, x_base, offs_f, mask_f, a, b, mask_p, Hq, Wq, H, W, MR, MC,
+                                 dy, dx, R, K)
+    tl.store(res_ptr + pid_b * F * HW + offs_f[None, :] * HW + offs_p[:, None],
+             acc.to(res_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_f[None, :])
 
 
 _KERNELS = {
     "fwd": _sapa_fwd_kernel,
     "bwd_q": _sapa_bwd_q_kernel,
-    "bwd_k": _sapa_bwd_k_kernel,
-    "bwd_v": _sapa_bwd_v_kernel,
+    "bwd_gather": _sapa_bwd_gather_kernel,
 }
 #: names of the kernels, in launch order
 KERNEL_NAMES: Tuple[str, ...] = tuple(_KERNELS)
@@ -591,12 +565,13 @@ def _backward_launches(q, k, v, g, stat, gq, gk, gv, w, gs, K: int, norm: int, i
         dict(K=K, NORM=norm, IGNORE=ignore, NEED_GQ=gq is not None, NEED_GS=gk is not None,
              NEED_W=gv is not None, **cfg),
     ))
-    for name, label, coef, x, res, F in (("bwd_k", "gather_k", gs, q, gk, d), ("bwd_v", "gather_v", w, g, gv, C)):
+    # one gather kernel, launched for the key gradient (sum gs q) and the value gradient (sum w g)
+    for label, coef, x, res, F in (("gather_k", gs, q, gk, d), ("gather_v", w, g, gv, C)):
         if res is None:
             continue
         cfg = _config(cuda, label, H * W, d, C)
         grid = (_cdiv(H * W, cfg["BLOCK_P"]), _cdiv(F, cfg["BLOCK_F"]), B)
-        launches.append((name, grid, (coef, x, res, F, Hq, Wq, H, W, MR, MC), dict(K=K, **cfg)))
+        launches.append(("bwd_gather", grid, (coef, x, res, F, Hq, Wq, H, W, MR, MC), dict(K=K, **cfg)))
     return launches
 
 
