@@ -40,6 +40,8 @@ __all__ = [
     "curve_plot",
     "show_map",
     "mechanism_plot",
+    "DISPLAY_NAMES",
+    "SEED_COLOURS",
     "BOOK_WIDTH",
     "BOOK_STYLE",
     "MIN_FONT_PT",
@@ -533,6 +535,14 @@ def error_bar_plot(summary_rows: Sequence[Dict], metric: str, ax=None, label_key
     ax.grid(axis="y", alpha=0.3)
     return ax
 
+
+#: how the book writes each upsampler's name (figures, tables, prose)
+DISPLAY_NAMES = {
+    "nearest": "Nearest", "bilinear": "Bilinear", "deconv": "Deconv", "pixelshuffle": "PixelShuffle",
+    "carafe": "CARAFE", "indexnet-hin": "IndexNet-HIN", "indexnet-m2o": "IndexNet-M2O", "a2u": "A2U",
+    "fade": "FADE", "dysample": "DySample", "sapa-i": "SAPA-I", "sapa-b": "SAPA-B", "sapa-p": "SAPA-P",
+    "sapa-g": "SAPA-G", "sapa-d": "SAPA-D", "bilinear+conv": "Bilinear+conv",
+}
 
 #: colours of the seeds in the per-seed figures (seed k: SEED_COLOURS[k % len])
 SEED_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
