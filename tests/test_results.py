@@ -64,7 +64,9 @@ def test_stored_book_models_are_safetensors_with_json():
 def test_stored_book_model_loads(path):
     model = load_model(path)
     cfg = model.config
-    assert path.stem == f"{cfg['upsampler']}_s{cfg['seed']}" and model.upsampler_name == cfg["upsampler"]
+    # main_<upsampler>_s<seed>, "+" written "-" (book/results/README.md)
+    assert path.stem == f"main_{cfg['upsampler'].replace('+', '-')}_s{cfg['seed']}"
+    assert model.upsampler_name == cfg["upsampler"]
     image = torch.rand(1, 3, cfg["size"], cfg["size"])
     with torch.no_grad():
         assert model(image).shape == (1, model.num_classes, cfg["size"], cfg["size"])
