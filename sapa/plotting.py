@@ -607,7 +607,7 @@ def paired_difference_plot(results: Sequence[Dict], rows: Sequence[Dict], metric
     ax.set_ylim(-0.7, len(results) - 0.3)
     ax.set_yticks(range(len(results)))
     ax.set_yticklabels([names.get(r["setting"], r["setting"]) for r in reversed(results)])
-    ax.set_xlabel(xlabel or f"{metric} - {names.get(base, base)}")
+    ax.set_xlabel(xlabel if xlabel is not None else f"{metric} - {names.get(base, base)}")
     ax.grid(axis="x", alpha=0.3)
     return ax
 
