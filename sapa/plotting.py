@@ -651,8 +651,9 @@ def seed_lines_plot(rows: Sequence[Dict], metric: str, settings: Sequence[str], 
 def curve_plot(rows: Sequence[Dict], settings: Sequence[str], metric: str = "val_miou", ax=None,
                scale: float = 100.0, names: Optional[Dict[str, str]] = None, key: str = "setting",
                pair: str = "seed"):
-    """Validation curves of a sweep (the JSON ``curve`` column of :mod:`sapa.sweep`): one line
-    per run, one colour per setting, epochs where validation was skipped left out.
+    """Validation curves of a sweep (the JSON ``curve`` column of :mod:`sapa.sweep`, epochs
+    numbered from 1): one line per run, one colour per setting, epochs where validation was
+    skipped left out.
 
     Returns the Axes; rows without a curve are skipped.
     """
@@ -673,7 +674,7 @@ def curve_plot(rows: Sequence[Dict], settings: Sequence[str], metric: str = "val
             pts = [(e, scale * v) for e, v in zip(c["epoch"], c[metric]) if v is not None]
             if not pts:
                 continue
-            ax.plot([p[0] + 1 for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1, alpha=0.75,
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1, alpha=0.75,
                     color=colours[i % len(colours)], label=names.get(s, s) if first else None)
             first = False
     ax.set_xlabel("epoch")

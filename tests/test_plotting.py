@@ -248,7 +248,7 @@ def _paired_rows():
     rows = []
     for seed in range(3):
         for s, v in [("bilinear", 0.80), ("a", 0.82), ("b", 0.70)]:
-            curve = dict(epoch=[0, 1, 2], val_miou=[None, v - 0.1, v], val_boundary_iou=[None, v - 0.2, v - 0.1])
+            curve = dict(epoch=[1, 2, 3], val_miou=[None, v - 0.1, v], val_boundary_iou=[None, v - 0.2, v - 0.1])
             rows.append(dict(setting=s, seed=seed, miou=v + 0.01 * seed, curve=json.dumps(curve)))
     return rows
 
@@ -277,7 +277,7 @@ def test_seed_lines_curve_plot_and_show_map():
     ax = seed_lines_plot(rows, "miou", ["bilinear", "a", "b"])
     assert len(ax.lines) == 3 and ax.get_ylim()[0] < 70 and ax.get_ylim()[1] > 82
     ax = curve_plot(rows, ["bilinear", "a"])
-    assert len(ax.lines) == 6 and list(ax.lines[0].get_xdata()) == [2, 3]  # epochs 1-based, skipped left out
+    assert len(ax.lines) == 6 and list(ax.lines[0].get_xdata()) == [2, 3]  # the skipped epoch 1 left out
     fig, ax = plt.subplots()
     im = show_map(ax, torch.rand(5, 6), label="mass", vmin=0, vmax=1)
     assert len(fig.axes) == 2 and im.get_clim() == (0, 1)  # the panel and its colour bar
