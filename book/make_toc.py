@@ -21,7 +21,8 @@ CHAPTERS = [
     "notebooks/04_dynamic_upsampling.md",
     "notebooks/05_fusing_sapa.md",
     "notebooks/06_comparing_upsamplers.md",
-    "notebooks/07_ablations.md",
+    "notebooks/07_mechanism.md",
+    "notebooks/08_ablations.md",
     "notebooks/09_segformer.md",
 ]
 BACK_MATTER = ["book/bibliography.md"]

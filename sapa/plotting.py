@@ -10,6 +10,11 @@ objects; matplotlib is imported only when a figure is drawn.
 * :func:`palette`, :func:`colorize` class colours
 * :func:`boundary_crop`, :func:`show_predictions` predictions side by side, cropped at boundaries
 * :func:`error_bar_plot` mean +- std over seeds from :func:`sapa.sweep.summarize`
+* :func:`paired_difference_plot` per-seed paired differences to a baseline (dots), their mean
+  and interval, Holm's verdict; :func:`seed_lines_plot` the scores of each seed joined across
+  settings; :func:`curve_plot` validation curves of a sweep's ``curve`` column
+* :func:`show_map` a scalar map with its colour bar; :func:`mechanism_plot` the mechanism
+  experiment's scores against the noise level, one point per seed
 * :func:`use_book_style` the one figure style of the book (>= 10 pt text, SVG output)
 * :func:`glue`, :func:`show_table` numbers and tables quoted by the book's prose
 * :func:`draw_sapa_pipeline`, :func:`draw_window_gather`, :func:`draw_triton_tiling` diagrams
@@ -30,6 +35,13 @@ __all__ = [
     "boundary_crop",
     "show_predictions",
     "error_bar_plot",
+    "paired_difference_plot",
+    "seed_lines_plot",
+    "curve_plot",
+    "show_map",
+    "mechanism_plot",
+    "DISPLAY_NAMES",
+    "SEED_COLOURS",
     "BOOK_WIDTH",
     "BOOK_STYLE",
     "MIN_FONT_PT",
@@ -521,6 +533,207 @@ def error_bar_plot(summary_rows: Sequence[Dict], metric: str, ax=None, label_key
     ns = sorted({int(r.get("n", 0)) for r in summary_rows})
     ax.set_ylabel(f"{metric} (mean ± std, n={'/'.join(map(str, ns))})")
     ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+#: how the book writes each upsampler's name (figures, tables, prose)
+DISPLAY_NAMES = {
+    "nearest": "Nearest", "bilinear": "Bilinear", "deconv": "Deconv", "pixelshuffle": "PixelShuffle",
+    "carafe": "CARAFE", "indexnet-hin": "IndexNet-HIN", "indexnet-m2o": "IndexNet-M2O", "a2u": "A2U",
+    "fade": "FADE", "dysample": "DySample", "sapa-i": "SAPA-I", "sapa-b": "SAPA-B", "sapa-p": "SAPA-P",
+    "sapa-g": "SAPA-G", "sapa-d": "SAPA-D", "bilinear+conv": "Bilinear+conv",
+}
+
+#: colours of the seeds in the per-seed figures (seed k: SEED_COLOURS[k % len])
+SEED_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def paired_difference_plot(results: Sequence[Dict], rows: Sequence[Dict], metric: str, ax=None,
+                           scale: float = 100.0, names: Optional[Dict[str, str]] = None, key: str = "setting",
+                           pair: str = "seed", xlabel: Optional[str] = None):
+    """Paired differences to a baseline: one row per setting, one dot per seed, no bars.
+
+    Args:
+        results: :func:`sapa.stats.paired_differences` output (its ``setting``, ``seeds``,
+            ``mean``, ``ci_low``/``ci_high``, ``significant``, ``baseline``), drawn top to
+            bottom in their order.
+        rows: the sweep rows the results were computed from (for the per-seed dots).
+        metric: the compared column.
+        ax: matplotlib Axes (default: a new figure sized to the number of settings).
+        scale: multiply the differences (100: percentage points).
+        names: display name of each setting (default: the setting itself).
+        key, pair: the columns naming a setting and pairing the runs.
+        xlabel: the x-axis label (default: ``"<metric> - <baseline>"``).
+
+    Each seed's difference ``metric(setting, seed) - metric(baseline, seed)`` is a coloured
+    dot (one colour per seed, the same in every row); the mean is a black diamond with its
+    95 % t interval as a line, filled when the difference survives Holm's correction and
+    open when it does not. A vertical line marks zero (no difference). The x-axis always
+    includes zero and every dot, so no value falls outside the axes.
+
+    Returns:
+        the Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    names = names or {}
+    results = list(results)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(BOOK_WIDTH, 0.32 * len(results) + 1.2))
+    if not results:
+        return ax
+    base = results[0]["baseline"]
+    val: Dict[Tuple, float] = {(r[key], r[pair]): float(r[metric]) for r in rows}
+    lo, hi = 0.0, 0.0
+    seeds_seen = []
+    for i, res in enumerate(results):
+        y = len(results) - 1 - i
+        s = res["setting"]
+        for k in res["seeds"]:
+            d = scale * (val[(s, k)] - val[(base, k)])
+            idx = k if isinstance(k, int) else len(seeds_seen)
+            ax.plot(d, y + 0.18, "o", ms=4, color=SEED_COLOURS[idx % len(SEED_COLOURS)], alpha=0.85,
+                    label=f"{pair} {k}" if k not in seeds_seen else None)
+            if k not in seeds_seen:
+                seeds_seen.append(k)
+            lo, hi = min(lo, d), max(hi, d)
+        m, a, b = scale * res["mean"], scale * res["ci_low"], scale * res["ci_high"]
+        ax.plot([a, b], [y - 0.12, y - 0.12], color="black", lw=1.4)
+        ax.plot(m, y - 0.12, "D", ms=5, color="black", mfc="black" if res.get("significant") else "white")
+        lo, hi = min(lo, a), max(hi, b)
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    pad = 0.06 * max(hi - lo, 1e-9)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(-0.7, len(results) - 0.3)
+    ax.set_yticks(range(len(results)))
+    ax.set_yticklabels([names.get(r["setting"], r["setting"]) for r in reversed(results)])
+    ax.set_xlabel(xlabel if xlabel is not None else f"{metric} - {names.get(base, base)}")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def seed_lines_plot(rows: Sequence[Dict], metric: str, settings: Sequence[str], ax=None, scale: float = 100.0,
+                    names: Optional[Dict[str, str]] = None, key: str = "setting", pair: str = "seed"):
+    """The score of every seed, one line per seed joining the ``settings`` (paired runs).
+
+    Seeds that lack a setting are left out, so every line is complete. The y-axis spans
+    every point (never cut at zero or elsewhere), so each run is visible. Returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from .stats import complete_seeds
+
+    names = names or {}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(BOOK_WIDTH, 3.0))
+    seeds = complete_seeds(rows, settings, key, pair)
+    val = {(r[key], r[pair]): scale * float(r[metric]) for r in rows}
+    xs = np.arange(len(settings))
+    allv = []
+    for j, k in enumerate(seeds):
+        ys = [val[(s, k)] for s in settings]
+        allv += ys
+        ax.plot(xs, ys, "o-", ms=4, lw=1, color=SEED_COLOURS[(k if isinstance(k, int) else j) % len(SEED_COLOURS)],
+                alpha=0.85, label=f"{pair} {k}")
+    ax.set_xticks(xs)
+    labels = [names.get(s, s) for s in settings]
+    long = max((len(t) for t in labels), default=0) > 5
+    ax.set_xticklabels(labels, rotation=45 if long else 0, ha="right" if long else "center")
+    if allv:
+        lo, hi = min(allv), max(allv)
+        pad = 0.08 * max(hi - lo, 1e-9)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylabel(metric)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def curve_plot(rows: Sequence[Dict], settings: Sequence[str], metric: str = "val_miou", ax=None,
+               scale: float = 100.0, names: Optional[Dict[str, str]] = None, key: str = "setting",
+               pair: str = "seed"):
+    """Validation curves of a sweep (the JSON ``curve`` column of :mod:`sapa.sweep`, epochs
+    numbered from 1): one line per run, one colour per setting, epochs where validation was
+    skipped left out.
+
+    Returns the Axes; rows without a curve are skipped.
+    """
+    import json
+
+    import matplotlib.pyplot as plt
+
+    names = names or {}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(BOOK_WIDTH, 3.0))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, s in enumerate(settings):
+        first = True
+        for r in rows:
+            if r[key] != s or not r.get("curve"):
+                continue
+            c = r["curve"] if isinstance(r["curve"], dict) else json.loads(r["curve"])
+            pts = [(e, scale * v) for e, v in zip(c["epoch"], c[metric]) if v is not None]
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1, alpha=0.75,
+                    color=colours[i % len(colours)], label=names.get(s, s) if first else None)
+            first = False
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def show_map(ax, values: ArrayLike, cmap: str = "viridis", vmin: Optional[float] = None,
+             vmax: Optional[float] = None, label: Optional[str] = None, colorbar: bool = True):
+    """``imshow`` of a scalar map (H, W) with a colour bar beside the panel (its label:
+    ``label``), no ticks. Returns the image artist."""
+    import matplotlib.pyplot as plt
+
+    arr = _np(values)
+    if arr.ndim != 2:
+        raise ValueError(f"values must be a 2-d map (H, W), got shape {arr.shape}")
+    im = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if colorbar:
+        cb = plt.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        if label:
+            cb.set_label(label)
+    return im
+
+
+def mechanism_plot(rows: Sequence[Dict], upsamplers: Sequence[str], metric: str, ax=None,
+                   names: Optional[Dict[str, str]] = None, log: bool = False):
+    """One metric of the mechanism experiment (:mod:`sapa.mechanism` rows) against the noise
+    level sigma: one point per seed (slightly spread in x), a line through the means.
+
+    Returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    names = names or {}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(BOOK_WIDTH, 3.0))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    sigmas = sorted({float(r["sigma"]) for r in rows})
+    pos = {s: i for i, s in enumerate(sigmas)}
+    for i, u in enumerate(upsamplers):
+        pts = [(float(r["sigma"]), float(r[metric])) for r in rows if r["upsampler"] == u]
+        if not pts:
+            continue
+        c = colours[i % len(colours)]
+        off = (i - (len(upsamplers) - 1) / 2) * 0.06
+        ax.plot([pos[s] + off for s, _ in pts], [v for _, v in pts], "o", ms=3, color=c, alpha=0.7)
+        means = [(s, float(np.mean([v for t, v in pts if t == s]))) for s in sigmas if any(t == s for t, _ in pts)]
+        ax.plot([pos[s] + off for s, _ in means], [m for _, m in means], "-", lw=1.2, color=c,
+                label=names.get(u, u))
+    ax.set_xticks(range(len(sigmas)))
+    ax.set_xticklabels([f"{s:g}" for s in sigmas])
+    ax.set_xlabel("noise level σ of the encoder feature")
+    ax.set_ylabel(metric)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
     return ax
 
 

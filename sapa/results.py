@@ -1,14 +1,25 @@
 """Stored results of the book: where they live, and the trained models kept next to them.
 
-The chapters that compare upsamplers read ``<results>/segmentation.csv`` and
-``<results>/ablations.csv`` (written by :mod:`sapa.sweep`), the JSON files beside them
-(``command``, ``seconds``, ``date``, ``machine``, ``train_overrides``), and a few trained
-models exported from the sweep's run folders: ``<results>/models/<run>.safetensors`` (the
-weights) with ``<results>/models/<run>.json`` (the training config) beside it::
+The chapters read the files of ``<results>`` (``book/results`` of a checkout, or
+``$SAPA_RESULTS_DIR``) through :func:`stored_file`, which, without a checkout (the package
+installed by pip, e.g. on Colab), fetches a file once from the published repository:
 
-    from sapa.results import export_model, load_model
-    export_model("runs/segmentation/sapa-b_s0", "book/results/models/sapa-b_s0.safetensors")
-    model = load_model("book/results/models/sapa-b_s0.safetensors")   # a Segmenter in eval mode
+* ``main.csv`` (chapter 6): the main comparison of :mod:`sapa.sweep` (every upsampler and the
+  parameter-matched control, five seeds, the stored task ``sapa.sweep.STORED_TASK``);
+* ``table6.csv`` (chapter 8): the ablations of the paper's Table 6 and the padding;
+* ``mechanism.csv`` (chapter 7): the controlled experiment of :mod:`sapa.mechanism`;
+* the JSON beside each CSV (every invocation's ``command``, ``seconds``, ``date``,
+  ``machine``); ``python -m sapa.sweep --print-commands`` prints the commands;
+* a few trained models exported from the sweep's run folders:
+  ``models/main_<upsampler>_s0.safetensors`` (the weights) with
+  ``models/main_<upsampler>_s0.json`` (the training config) beside it::
+
+    from sapa.results import export_model, load_model, stored_file
+    export_model("runs/sweep/<run>", "book/results/models/main_sapa-b_s0.safetensors")
+    model = load_model(stored_file("models/main_sapa-b_s0.safetensors"))  # a Segmenter, eval mode
+
+The earlier 32 x 32 results (``segmentation.csv``, ``ablations.csv`` and their models) are
+superseded and no longer stored (``book/results/README.md``).
 
 The weights are a float32 state dict (integer buffers keep their dtype); the JSON holds the
 TrainConfig as a dict plus ``epochs_trained``. No optimizer state, no history, so the pair is a

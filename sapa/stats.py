@@ -16,6 +16,12 @@ Nothing here needs SciPy: the t distribution's CDF is the regularised incomplete
 function (Lentz's continued fraction), its quantile a bisection of the CDF; both agree with
 the tables to 1e-10.
 
+Reading a sweep that is still running: :func:`complete_seeds` gives the seeds that every
+setting of a comparison has (only those form pairs), :func:`verdict` names the direction of a
+difference that survives Holm's correction, :func:`describe_difference` writes one
+difference as text (mean, interval, Holm-adjusted p, n), and :func:`too_close_to_call` lists
+the settings of a group whose pairwise differences no test of the group resolves.
+
 Usage::
 
     from sapa.sweep import read_csv
@@ -30,7 +36,8 @@ import math
 import statistics
 from typing import Dict, Iterable, List, Optional, Sequence
 
-__all__ = ["t_cdf", "t_ppf", "paired_t", "holm", "paired_differences"]
+__all__ = ["t_cdf", "t_ppf", "paired_t", "holm", "paired_differences", "complete_seeds", "verdict",
+           "describe_difference", "too_close_to_call"]
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -212,9 +219,83 @@ def paired_differences(
             raise ValueError(f"{key}={s!r} shares {len(common)} {pair}(s) with the baseline; need >= 2")
         res = paired_t([by[s][k] - by[baseline][k] for k in common], alpha)
         adj = paired_t([by[s][k] - by[baseline][k] for k in common], alpha / max(m, 1))
-        out.append(dict(setting=s, metric=metric, baseline=baseline, seeds=common, **res,
+        out.append(dict(setting=s, metric=metric, baseline=baseline, seeds=common, alpha=alpha, **res,
                         ci_low_adj=adj["ci_low"], ci_high_adj=adj["ci_high"]))
     for r, ph in zip(out, holm([r["p"] for r in out])):
         r["p_holm"] = ph
         r["significant"] = ph < alpha
     return out
+
+
+def complete_seeds(rows: Iterable[Dict], settings: Sequence[str], key: str = "setting",
+                   pair: str = "seed") -> List:
+    """The values of ``pair`` (seeds) that every setting in ``settings`` has, sorted.
+
+    A sweep appends its rows as runs finish; a seed enters a paired comparison only once
+    every setting of the comparison has it, so the comparison never mixes seed sets.
+    Empty when a setting has no rows at all.
+    """
+    have: Dict[str, set] = {s: set() for s in settings}
+    for r in rows:
+        if r[key] in have:
+            have[r[key]].add(r[pair])
+    if not have:
+        return []
+    common = set.intersection(*have.values())
+    return sorted(common)
+
+
+def verdict(result: Dict, alpha: float = 0.05) -> str:
+    """``"higher"`` or ``"lower"`` when a :func:`paired_differences` result survives Holm's
+    correction (``p_holm < alpha``) with a positive or negative mean, else ``"unresolved"``."""
+    if result.get("p_holm", 1.0) < alpha and result["mean"] != 0:
+        return "higher" if result["mean"] > 0 else "lower"
+    return "unresolved"
+
+
+def describe_difference(result: Dict, scale: float = 100.0, digits: int = 1, unit: str = "points") -> str:
+    """One :func:`paired_differences` result as plain text, e.g.
+    ``"+1.2 points (95 % CI +0.4 to +2.0, Holm p = 0.012, n = 5)"``.
+
+    ``scale`` multiplies the mean and the interval (100: fractions to percentage points);
+    the interval's level is the one ``paired_differences`` was called with (shown as 95 %
+    for alpha = 0.05).
+    """
+    level = result.get("alpha")
+    f = f"{{:+.{digits}f}}"
+    p = result.get("p_holm", result["p"])
+    ptxt = f"{p:.3f}" if p >= 0.001 else "< 0.001"
+    ptxt = ("= " + ptxt) if not ptxt.startswith("<") else ptxt
+    lvl = f"{100 * (1 - level):.0f} %" if level else "95 %"
+    return (f"{f.format(scale * result['mean'])} {unit} ({lvl} CI {f.format(scale * result['ci_low'])} to "
+            f"{f.format(scale * result['ci_high'])}, Holm p {ptxt}, n = {result['n']})")
+
+
+def too_close_to_call(rows: Iterable[Dict], metric: str, settings: Sequence[str], key: str = "setting",
+                      pair: str = "seed", alpha: float = 0.05) -> Dict:
+    """Every pair of ``settings`` compared (paired t, Holm over all the pairs).
+
+    Returns dict ``pairs`` (a list of dicts ``a``, ``b``, and the :func:`paired_t` fields of
+    ``metric(a) - metric(b)``, ``p_holm``, ``significant``), ``resolved`` (the pairs whose
+    difference survives Holm's correction) and ``all_unresolved`` (True when no pair does:
+    the settings are too close to call with these seeds). Uses the seeds every setting has
+    (:func:`complete_seeds`); raises ValueError with fewer than 2 of them.
+    """
+    rows = list(rows)
+    seeds = complete_seeds(rows, settings, key, pair)
+    if len(seeds) < 2:
+        raise ValueError(f"{list(settings)} share {len(seeds)} {pair}(s); need >= 2")
+    val: Dict[str, Dict] = {s: {} for s in settings}
+    for r in rows:
+        if r[key] in val and r[pair] in seeds:
+            val[r[key]][r[pair]] = float(r[metric])
+    pairs = []
+    for i, a in enumerate(settings):
+        for b in settings[i + 1:]:
+            res = paired_t([val[a][k] - val[b][k] for k in seeds], alpha)
+            pairs.append(dict(a=a, b=b, **res))
+    for r, ph in zip(pairs, holm([r["p"] for r in pairs])):
+        r["p_holm"] = ph
+        r["significant"] = ph < alpha
+    resolved = [r for r in pairs if r["significant"]]
+    return {"pairs": pairs, "resolved": resolved, "all_unresolved": not resolved, "seeds": seeds}

@@ -241,3 +241,59 @@ def test_show_predictions_draws_a_class_legend():
     plt.close(fig)
     with pytest.raises(ValueError, match="class_names"):
         show_predictions(imgs, masks, {"a": masks}, num_classes=3, class_names=["bg"])
+
+
+def _paired_rows():
+    import json
+    rows = []
+    for seed in range(3):
+        for s, v in [("bilinear", 0.80), ("a", 0.82), ("b", 0.70)]:
+            curve = dict(epoch=[1, 2, 3], val_miou=[None, v - 0.1, v], val_boundary_iou=[None, v - 0.2, v - 0.1])
+            rows.append(dict(setting=s, seed=seed, miou=v + 0.01 * seed, curve=json.dumps(curve)))
+    return rows
+
+
+def test_paired_difference_plot_shows_every_seed_and_zero():
+    import matplotlib.pyplot as plt
+    from sapa.plotting import paired_difference_plot
+    from sapa.stats import paired_differences
+
+    rows = _paired_rows()
+    res = paired_differences(rows, "miou")
+    ax = paired_difference_plot(res, rows, "miou", names={"a": "A"})
+    lo, hi = ax.get_xlim()
+    assert lo < -10 < 0 < 2 < hi  # b is 10 points below, a 2 above: both inside the axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "A"]
+    dots = [ln for ln in ax.lines if ln.get_marker() == "o"]
+    assert len(dots) == 6  # 2 settings x 3 seeds
+    plt.close("all")
+
+
+def test_seed_lines_curve_plot_and_show_map():
+    import matplotlib.pyplot as plt
+    from sapa.plotting import curve_plot, seed_lines_plot, show_map
+
+    rows = _paired_rows() + [dict(setting="a", seed=9, miou=0.0, curve="")]  # seed 9 lacks bilinear: left out
+    ax = seed_lines_plot(rows, "miou", ["bilinear", "a", "b"])
+    assert len(ax.lines) == 3 and ax.get_ylim()[0] < 70 and ax.get_ylim()[1] > 82
+    ax = curve_plot(rows, ["bilinear", "a"])
+    assert len(ax.lines) == 6 and list(ax.lines[0].get_xdata()) == [2, 3]  # the skipped epoch 1 left out
+    fig, ax = plt.subplots()
+    im = show_map(ax, torch.rand(5, 6), label="mass", vmin=0, vmax=1)
+    assert len(fig.axes) == 2 and im.get_clim() == (0, 1)  # the panel and its colour bar
+    with pytest.raises(ValueError, match="2-d"):
+        show_map(ax, torch.rand(2, 5, 6))
+    plt.close("all")
+
+
+def test_mechanism_plot_one_point_per_seed():
+    import matplotlib.pyplot as plt
+    from sapa.plotting import mechanism_plot
+
+    rows = [dict(upsampler=u, sigma=s, seed=k, region_error=0.1 * s + k * 0.01)
+            for u in ("bilinear", "sapa-b") for s in (0.0, 1.0) for k in range(3)]
+    ax = mechanism_plot(rows, ["bilinear", "sapa-b"], "region_error")
+    pts = [ln for ln in ax.lines if ln.get_marker() == "o"]
+    assert len(pts) == 2 and all(len(ln.get_xdata()) == 6 for ln in pts)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
+    plt.close("all")

@@ -84,3 +84,30 @@ def test_paired_differences_errors():
         stats.paired_differences(rows, "miou", baseline="nearest")
     with pytest.raises(ValueError, match="two rows"):
         stats.paired_differences(rows + [dict(setting="a", seed=0, miou=0.3)], "miou")
+
+
+def test_complete_seeds_verdict_and_description():
+    rows = [dict(setting=s, seed=k, m=v) for s, k, v in
+            [("bilinear", 0, .5), ("bilinear", 1, .6), ("bilinear", 2, .7), ("a", 0, .6), ("a", 1, .7), ("a", 2, .81),
+             ("b", 0, .5), ("b", 1, .61)]]
+    assert stats.complete_seeds(rows, ["bilinear", "a", "b"]) == [0, 1]
+    assert stats.complete_seeds(rows, ["bilinear", "a"]) == [0, 1, 2]
+    assert stats.complete_seeds(rows, ["bilinear", "zzz"]) == []
+    res = {r["setting"]: r for r in stats.paired_differences(rows, "m", settings=["a"])}
+    assert res["a"]["mean"] == pytest.approx(0.1033333333)
+    assert stats.verdict(res["a"]) == ("higher" if res["a"]["p_holm"] < 0.05 else "unresolved")
+    assert stats.verdict(dict(res["a"], p_holm=0.01, mean=-0.1)) == "lower"
+    assert stats.verdict(dict(res["a"], p_holm=0.2)) == "unresolved"
+    text = stats.describe_difference(res["a"])
+    assert text.startswith("+10.3 points (95 % CI ") and text.endswith("n = 3)") and "Holm p" in text
+
+
+def test_too_close_to_call():
+    rows = [dict(setting=s, seed=k, m=v + 0.01 * k) for k in range(4) for s, v in
+            [("x", 0.5), ("y", 0.5), ("z", 0.9)]]
+    out = stats.too_close_to_call(rows, "m", ["x", "y", "z"])
+    assert out["seeds"] == [0, 1, 2, 3] and len(out["pairs"]) == 3
+    assert {(r["a"], r["b"]) for r in out["resolved"]} == {("x", "z"), ("y", "z")}
+    assert not out["all_unresolved"]
+    with pytest.raises(ValueError, match="need >= 2"):
+        stats.too_close_to_call(rows[:3], "m", ["x", "y"])
