@@ -389,7 +389,8 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
     else:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        try:
             futures = {pool.submit(_one_run, job): job["name"] for job in unique}
             for fut in as_completed(futures):
                 try:
@@ -399,6 +400,14 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
                 else:
                     finished(futures[fut], row)
                 bar and bar.update()
+        except BaseException:  # Ctrl-C / SIGTERM: stop the workers now (their runs resume from
+            # the last finished epoch), keep every finished row
+            workers_ = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in workers_:
+                proc.terminate()
+            raise
+        pool.shutdown(wait=True)
     bar and bar.close()
     wanted = {(j["group"], j["setting"], j["name"]): k for k, j in enumerate(jobs)}
     rows = sorted((r for r in read_csv(out_path) if (r["group"], r["setting"], r["run"]) in wanted),
@@ -667,6 +676,12 @@ def main(argv=None) -> int:
         return 0
     t0 = time.time()
     error = None
+    import signal
+
+    def _sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _sigterm) if hasattr(signal, "SIGTERM") else None
     try:
         rows = run_sweep(a.grid, a.seeds, a.out, a.runs, a.workers, overrides, a.upsamplers,
                          per_upsampler=per_upsampler)
@@ -674,11 +689,19 @@ def main(argv=None) -> int:
         p.exit(2, f"{p.prog}: error: {e}\n")
     except RuntimeError as e:  # some runs failed: record the invocation, then report
         error, rows = e, read_csv(a.out) if Path(a.out).exists() else []
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the finished rows stay; record the invocation
+        error = "interrupted (rerun the same command to resume)"
+        rows = read_csv(a.out) if Path(a.out).exists() else []
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     meta_path = Path(a.out).with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     invocation = dict(command="python -m sapa.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
                       seconds=round(time.time() - t0, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       machine=_machine(a.workers), rows=len(rows))
+    if error is not None and str(error).startswith("interrupted"):
+        invocation["interrupted"] = True
     invocations = list(meta.get("invocations", [])) + [invocation]
     meta.update(
         command=invocation["command"], seconds=round(sum(i["seconds"] for i in invocations), 1),
@@ -691,7 +714,7 @@ def main(argv=None) -> int:
     os.replace(tmp, meta_path)
     if error is not None:
         print(f"{p.prog}: error: {error}", file=sys.stderr)
-        return 1
+        return 130 if invocation.get("interrupted") else 1
     return 0
 
 

@@ -44,7 +44,9 @@ def nearest_upsample_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         raise TypeError(f"x must be a 4-d tensor (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
     size = check_size("size", size)
     B, C, H, W = x.shape
-    if H > 0 and W > 0 and size[0] % H == 0 and size[1] % W == 0:  # integer ratios: a broadcast copy
+    # integer ratios: a broadcast copy (eager only: under torch.compile the test on the sizes
+    # would guard dynamic shapes and recompile; the gather below is one graph for every size)
+    if not torch.compiler.is_compiling() and H > 0 and W > 0 and size[0] % H == 0 and size[1] % W == 0:
         sh, sw = size[0] // H, size[1] // W
         return x[:, :, :, None, :, None].expand(B, C, H, sh, W, sw).reshape(B, C, size[0], size[1])
     rows = window_centres(size[0], H, x.device)

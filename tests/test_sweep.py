@@ -251,3 +251,27 @@ def test_bad_data_root_fails_once_before_any_run(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "nowhere" in err and "Traceback" not in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_interrupted_sweep_records_its_invocation(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM, turned into the same) keeps the finished rows and writes the
+    invocation, marked interrupted, into the JSON; exit status 130."""
+    calls = []
+    real = sweep._one_run
+
+    def stop_after_one(job):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(job["name"])
+        return real(job)
+
+    monkeypatch.setattr(sweep, "_one_run", stop_after_one)
+    flags = ["--epochs", "1", "--size", "32", "--train-samples", "16", "--val-samples", "8", "--batch-size", "8",
+             "--width", "4", "--decoder-width", "8", "--stages", "3", "--max-steps-per-epoch", "1"]
+    out = tmp_path / "i.csv"
+    code = sweep.main(["--grid", "main", "--upsamplers", "bilinear", "nearest", "--seeds", "0", "--workers", "1",
+                       "--out", str(out), "--runs", str(tmp_path / "runs"), *flags])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert [r["upsampler"] for r in sweep.read_csv(str(out))] == ["bilinear"]
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["invocations"][-1]["interrupted"] is True and meta["invocations"][-1]["rows"] == 1

@@ -14,10 +14,12 @@ from ..windows import window_centres
 __all__ = ["reassemble", "Upsampler"]
 
 
-def _counting_flops() -> bool:
-    """True inside ``torch.utils.flop_counter.FlopCounterMode``."""
+def _gather_path() -> bool:
+    """True inside ``torch.utils.flop_counter.FlopCounterMode`` (the assembly is counted as its
+    own category) and under torch.compile (a test on the sizes would guard dynamic shapes and
+    recompile; the gather path is one graph for every size)."""
     if torch.compiler.is_compiling():
-        return False
+        return True
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
     return any("FlopCounterMode" in type(m).__name__ for m in _get_current_dispatch_mode_stack())
@@ -40,9 +42,9 @@ def reassemble(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int) -> torc
     output (i, j) is (i // s_h, j // s_w): the K x K neighbourhoods are unfolded once at low
     resolution, (B, C, K*K, H, W), i.e. K^2 / (s_h s_w) times the output's size, and each low-res
     pixel's s_h s_w outputs are one (C, K*K) @ (K*K, s_h s_w) matmul (5x faster than gathers on
-    a CPU, forward and backward). Other sizes, and a forward under ``FlopCounterMode`` (so that
+    a CPU, forward and backward). Other sizes, a forward under ``FlopCounterMode`` (so that
     :mod:`sapa.complexity` keeps counting the assembly as its own ``weighted_sum`` category,
-    with the same result), use K*K gathers of the zero-padded map
+    with the same result) and torch.compile use K*K gathers of the zero-padded map
     (index_select) and never hold more than O(B*C*H'*W'). Works on any device.
     """
     check_kernel_size(kernel_size)
@@ -60,7 +62,7 @@ def reassemble(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int) -> torc
     if kernels.dtype != x.dtype or kernels.device != x.device:
         raise TypeError(f"x and kernels must share dtype and device, got {x.dtype}/{x.device} and "
                         f"{kernels.dtype}/{kernels.device}")
-    if H > 0 and W > 0 and Hq % H == 0 and Wq % W == 0 and not _counting_flops():
+    if H > 0 and W > 0 and Hq % H == 0 and Wq % W == 0 and not _gather_path():
         sh, sw = Hq // H, Wq // W
         # per low-res pixel l: out[c, (a, b)] = sum_p U[c, p] k[p, (a, b)], one small matmul each
         U = F.unfold(x, K, padding=R).view(B, C, K * K, H * W).permute(0, 3, 1, 2)  # (B, HW, C, K*K)
