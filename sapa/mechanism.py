@@ -349,10 +349,18 @@ def run(cfg: MechanismConfig, out_csv, progress: bool = True, workers: int = 1) 
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        try:
             for fut in as_completed([pool.submit(_fit_row, job) for job in jobs]):
                 _append(out_csv, fut.result())
                 bar.update()
+        except BaseException:  # Ctrl-C / SIGTERM: stop the workers now, keep the finished rows
+            procs = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+            raise
+        pool.shutdown(wait=True)
     bar.close()
     return [r for r in read_rows(out_csv) if r["config_id"] == cid]
 
@@ -401,10 +409,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg.seeds = tuple(a.seeds)
     torch.set_num_threads(a.threads)
     t0 = time.time()
+    interrupted = False
+    import signal
+
+    def _sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         rows = run(cfg, a.out, progress=a.progress, workers=a.workers)
     except ValueError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+    except KeyboardInterrupt:  # the finished fits stay in the CSV; the invocation is recorded
+        interrupted = True
+        rows = [r for r in read_rows(a.out) if r["config_id"] == _config_id(cfg)] if Path(a.out).exists() else []
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     meta_path = Path(a.out).with_suffix(".json")
     try:
         old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -413,6 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     invocation = dict(command="python -m sapa.mechanism " + " ".join(argv if argv is not None else sys.argv[1:]),
                       seconds=round(time.time() - t0, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       machine=_machine() + f", {a.workers} worker process(es)", rows=len(rows))
+    if interrupted:
+        invocation["interrupted"] = True
     invocations = list(old.get("invocations", [])) + [invocation]
     meta = dict(invocation, config=dataclasses.asdict(cfg), config_id=_config_id(cfg),
                 seconds=round(sum(i["seconds"] for i in invocations), 1), invocations=invocations,
@@ -421,6 +443,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tmp = meta_path.with_name(meta_path.name + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, meta_path)
+    if interrupted:
+        print(f"{p.prog}: error: interrupted after {len(rows)} rows in {a.out} (rerun the same command to resume)",
+              file=sys.stderr)
+        return 130
     print(f"{len(rows)} rows in {a.out} ({meta['seconds']} s)", file=sys.stderr)
     return 0
 
