@@ -56,6 +56,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ._parallel import sigterm_as_interrupt, stop_pool
+
 __all__ = ["MechanismConfig", "PROFILES", "make_problem", "fit_upsampler", "evaluate", "kernel_maps",
            "kernel_study", "run", "read_rows", "summarize", "main", "CSV_COLUMNS"]
 
@@ -355,10 +357,7 @@ def run(cfg: MechanismConfig, out_csv, progress: bool = True, workers: int = 1) 
                 _append(out_csv, fut.result())
                 bar.update()
         except BaseException:  # Ctrl-C / SIGTERM: stop the workers now, keep the finished rows
-            procs = list(getattr(pool, "_processes", {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                proc.terminate()
+            stop_pool(pool)
             raise
         pool.shutdown(wait=True)
     bar.close()
@@ -410,21 +409,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(a.threads)
     t0 = time.time()
     interrupted = False
-    import signal
-
-    def _sigterm(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        rows = run(cfg, a.out, progress=a.progress, workers=a.workers)
+        with sigterm_as_interrupt():
+            rows = run(cfg, a.out, progress=a.progress, workers=a.workers)
     except ValueError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     except KeyboardInterrupt:  # the finished fits stay in the CSV; the invocation is recorded
         interrupted = True
         rows = [r for r in read_rows(a.out) if r["config_id"] == _config_id(cfg)] if Path(a.out).exists() else []
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     meta_path = Path(a.out).with_suffix(".json")
     try:
         old = json.loads(meta_path.read_text()) if meta_path.exists() else {}

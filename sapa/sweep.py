@@ -49,6 +49,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from ._parallel import sigterm_as_interrupt, stop_pool
+
 __all__ = ["SEGMENTATION_UPSAMPLERS", "MAIN_UPSAMPLERS", "GRIDS", "STORED", "grid", "segmenter_cost",
            "run_sweep", "estimate", "read_csv", "summarize", "stored_command", "main", "CSV_COLUMNS"]
 
@@ -402,10 +404,7 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
                 bar and bar.update()
         except BaseException:  # Ctrl-C / SIGTERM: stop the workers now (their runs resume from
             # the last finished epoch), keep every finished row
-            workers_ = list(getattr(pool, "_processes", {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in workers_:
-                proc.terminate()
+            stop_pool(pool)
             raise
         pool.shutdown(wait=True)
     bar and bar.close()
@@ -676,15 +675,10 @@ def main(argv=None) -> int:
         return 0
     t0 = time.time()
     error = None
-    import signal
-
-    def _sigterm(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _sigterm) if hasattr(signal, "SIGTERM") else None
     try:
-        rows = run_sweep(a.grid, a.seeds, a.out, a.runs, a.workers, overrides, a.upsamplers,
-                         per_upsampler=per_upsampler)
+        with sigterm_as_interrupt():
+            rows = run_sweep(a.grid, a.seeds, a.out, a.runs, a.workers, overrides, a.upsamplers,
+                             per_upsampler=per_upsampler)
     except ValueError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     except RuntimeError as e:  # some runs failed: record the invocation, then report
@@ -692,9 +686,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the finished rows stay; record the invocation
         error = "interrupted (rerun the same command to resume)"
         rows = read_csv(a.out) if Path(a.out).exists() else []
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     meta_path = Path(a.out).with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     invocation = dict(command="python -m sapa.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
