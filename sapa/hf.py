@@ -64,7 +64,7 @@ __all__ = ["replace_upsampling", "segformer_with_upsampler", "UpsamplingDecodeHe
 _HINT = "sapa.hf needs Hugging Face transformers: pip install sapa[hf]  (or: pip install transformers)"
 GUIDES = ("projected", "encoder")
 #: raw-file URL of the stored results when no checkout is around (e.g. on Colab)
-RESULTS_URL = "https://raw.githubusercontent.com/sapa-book/sapa/main/book/results/"
+from .results import RAW_URL as RESULTS_URL  # noqa: E402  where stored results are fetched from
 
 #: The paper's Table 2, SegFormer-B1 column (ADE20K, 512 x 512): (mIoU, GFLOPs, M params); for the
 #: upsamplers the FLOPs/params are the overhead over Bilinear (mmcv counts MACs as "FLOPs").
@@ -604,29 +604,17 @@ def load_results(name: str = "segformer", start=None):
 
     Looks in :func:`sapa.results.results_dir` (``$SAPA_RESULTS_DIR``, or ``book/results`` of
     the repository checkout), then falls back to the repository's raw files on GitHub
-    (:data:`RESULTS_URL`, e.g. on Colab, where the package is installed without them). Rows
+    (:func:`sapa.results.stored_file`, e.g. on Colab, where the package is installed without them). Rows
     are dicts with numbers converted; reading runs no code (CSV and JSON only).
     """
-    from .results import results_dir
+    from .results import stored_file
 
-    d = results_dir(start)
-    if d is not None and (d / f"{name}.csv").is_file():
-        csv_path = d / f"{name}.csv"
-        meta_path = csv_path.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        return _read_rows(csv_path), meta
-    import tempfile
-    import urllib.request
-
-    tmp = Path(tempfile.mkdtemp()) / f"{name}.csv"
+    csv_path = stored_file(f"{name}.csv", start)  # the checkout's copy, else fetched once (Colab)
     try:
-        with urllib.request.urlopen(RESULTS_URL + f"{name}.csv", timeout=30) as r:
-            tmp.write_bytes(r.read())
-        with urllib.request.urlopen(RESULTS_URL + f"{name}.json", timeout=30) as r:
-            meta = json.loads(r.read().decode())
-    except OSError as e:
-        raise FileNotFoundError(f"no stored {name}.csv: not in {d} and not reachable at {RESULTS_URL} ({e})") from e
-    return _read_rows(tmp), meta
+        meta = json.loads(stored_file(f"{name}.json", start).read_text())
+    except FileNotFoundError:
+        meta = {}
+    return _read_rows(csv_path), meta
 
 
 # --------------------------------------------------------------------------------------
