@@ -62,11 +62,11 @@ book-screenshots: $(STAMP) browser
 	SAPA_BOOK_PREBUILT=1 $(PY) -m pytest -q tests/test_book.py -k "browser or screenshots"
 
 # The book's stored results (book/results: main.csv, mechanism.csv, table6.csv, SAPA-D's rows in
-# main.csv), in that order, each with the command `python -m sapa.sweep --print-commands` prints.
+# main.csv), in that order, each with the command `python -m sapa.lab.sweep --print-commands` prints.
 # Every command is append-only and resumable: rerun this target to continue after an interruption
 # (Ctrl-C records the invocation in the JSON beside the CSV). About 4 h on two idle cores.
 stored-results: $(STAMP)
 	for name in main mechanism table6 main+sapa-d; do \
-	  cmd=$$($(PY) -m sapa.sweep --print-commands | sed -n "s/^$$name: python //p"); \
+	  cmd=$$($(PY) -m sapa.lab.sweep --print-commands | sed -n "s/^$$name: python //p"); \
 	  echo "$$name: python $$cmd"; $(PY) $$cmd || exit $$?; \
 	done

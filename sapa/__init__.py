@@ -8,10 +8,16 @@ Quick use::
 
     up = sapa.from_official("sapa-b", "official.pth")     # an official checkpoint, sizes read from it
 
-``import sapa`` imports torch and the operator only; the heavier parts (``sapa.complexity``,
-``sapa.plotting``, ``sapa.results``, ``sapa.data``, ``sapa.metrics``, ``sapa.models``) are
-imported on first attribute access, and ``torch._dynamo``, Triton, ONNX and matplotlib when
-they are used.
+The library needs torch only. ``import sapa`` imports the operator (``functional``,
+``modules``, the backends registered in ``backends``), the baseline upsamplers and the
+official-checkpoint loader; ``sapa.complexity`` (FLOP and parameter counts) is imported on
+first attribute access, and ``sapa.hf`` (Hugging Face SegFormer, ``pip install sapa[hf]``),
+``sapa.bench``, ``sapa.check`` and ``sapa.decomposition`` when imported; ``torch._dynamo``,
+Triton and ONNX only when they are used.
+
+The book's laboratory (data, segmenter, training, sweeps, statistics, plots, stored
+results) is the subpackage :mod:`sapa.lab` (``pip install sapa[book]``), which builds on the
+library; the library never imports it.
 """
 import importlib
 
@@ -20,15 +26,17 @@ from .functional import sapa_kernels, sapa_upsample
 from .modules import SAPA, VARIANTS
 from .normalize import NORM_EPS
 from .windows import nearest_upsample_to, window_centres
-from .profiles import get_profile
 from .upsamplers import available_upsamplers, build_upsampler
 from .official import from_official
 
 __version__ = "0.1.0"
 
-#: submodules imported on first access (``sapa.plotting``...); sapa.train is run as
-#: ``python -m sapa.train``
-_LAZY = ("complexity", "plotting", "results", "data", "metrics", "models")
+__all__ = ["SAPA", "VARIANTS", "sapa_upsample", "sapa_kernels", "available_backends", "register_backend",
+           "NORM_EPS", "nearest_upsample_to", "window_centres", "available_upsamplers", "build_upsampler",
+           "from_official", "__version__"]
+
+#: library submodules imported on first attribute access (``sapa.complexity.count_flops``)
+_LAZY = ("complexity",)
 
 
 def __getattr__(name):

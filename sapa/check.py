@@ -10,8 +10,9 @@
    forward+backward of ``triton``, ``torch`` and bilinear interpolation, timed with CUDA
    events, the methods interleaved within each repeat; median, min and max.
 3. **Result.** A JSON with the device, the versions, every number and the command, written
-   to ``book/results/gpu_check_<gpu>.json`` (``--out`` to change the folder). A file that
-   belongs to a different GPU is never overwritten: the name gets a numeric suffix.
+   to ``gpu_check_<gpu>.json`` in the current folder (``--out DIR`` to choose it; the book's
+   stored copy is written with ``--out book/results``). A file that belongs to a different
+   GPU is never overwritten: the name gets a numeric suffix.
 
 Without a CUDA GPU (or without Triton) it ends with one line and exit status 2; a failed
 check is reported, stored, and ends with exit status 1.
@@ -271,7 +272,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64], help="low-res sizes H = W to time")
     p.add_argument("--repeats", type=int, default=15, help="interleaved timing repeats (default 15)")
-    p.add_argument("--out", default=None, help="folder for the JSON (default: <repo>/book/results, else .)")
+    p.add_argument("--out", default=None, help="folder for the JSON (default: the current folder; the book keeps its copy in book/results)")
     p.add_argument("--no-write", action="store_true", help="print the JSON instead of writing it")
     args = p.parse_args(argv)
     if args.cases < 10:
@@ -319,9 +320,7 @@ def main(argv=None) -> int:
     if args.no_write:
         print(text)
     else:
-        from .results import results_dir
-
-        folder = Path(args.out) if args.out else (results_dir() or Path.cwd())
+        folder = Path(args.out) if args.out else Path.cwd()
         folder.mkdir(parents=True, exist_ok=True)
         path = result_path(folder, device_name)
         path.write_text(text + "\n")

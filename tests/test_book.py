@@ -324,7 +324,7 @@ CHROMIUM_FLAGS = [
     "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1",
 ]
 WIDTHS = (1280, 400)
-#: Text in figures is drawn at >= 10 pt (sapa.plotting.BOOK_STYLE); shown at >= 90 % of its
+#: Text in figures is drawn at >= 10 pt (sapa.lab.plotting.BOOK_STYLE); shown at >= 90 % of its
 #: size on a 1280 px screen it stays >= 9 pt.
 MIN_FIGURE_SCALE = 0.9
 

@@ -1,4 +1,4 @@
-"""sapa.checkpoint: loading never runs code; damaged or foreign files give one clear error."""
+"""sapa.lab.checkpoint: loading never runs code; damaged or foreign files give one clear error."""
 from __future__ import annotations
 
 import json
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-import sapa.train as T
-from sapa.checkpoint import (CheckpointError, FORMAT_VERSION, atomic_write, load_state_dict_file,
+import sapa.lab.train as T
+from sapa.lab.checkpoint import (CheckpointError, FORMAT_VERSION, atomic_write, load_state_dict_file,
                              load_torch_file, load_training_checkpoint, rng_state, save_model_file,
                              save_training_checkpoint, set_rng_state)
-from sapa.models import Segmenter
-from sapa.results import export_model, load_model, model_config
+from sapa.lab.models import Segmenter
+from sapa.lab.results import export_model, load_model, model_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(profile="quick", size=16, train_samples=16, val_samples=8, batch_size=8, width=4, decoder_width=8,
@@ -151,7 +151,7 @@ def test_cli_refuses_code_in_a_new_process(tmp_path, run):
     evil = _evil_files(tmp_path / "evil", marker)[0]
     out = _fresh_run(tmp_path, run, evil.read_bytes())
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "sapa.train", "--upsampler", "sapa-b", "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "sapa.lab.train", "--upsampler", "sapa-b", "--out", str(out),
                            "--size", "16", "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sapa.data import (
+from sapa.lab.data import (
     SYNTHETIC_CLASSES,
     ImageMaskFolder,
     OxfordPets,
@@ -145,7 +145,7 @@ def test_make_dataset_dispatch(tmp_path):
 
 
 # ---- TexturedRegions: the boundary-dominated task ------------------------------------------------
-from sapa.data import TEXTURE_CLASSES, TexturedRegions  # noqa: E402
+from sapa.lab.data import TEXTURE_CLASSES, TexturedRegions  # noqa: E402
 
 
 def test_textured_regions_types_determinism_and_fresh_epochs():

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 import sapa  # noqa: E402
 import sapa.hf as H  # noqa: E402
+import sapa.lab.hf as L  # noqa: E402  the book's trained SegFormer experiment
 from sapa.upsamplers import _REGISTRY, _options_of  # noqa: E402
 
 NAMES = sapa.available_upsamplers()
@@ -144,7 +145,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
 
 def test_a_few_steps_lower_the_loss_on_textures():
-    from sapa.data import TexturedRegions
+    from sapa.lab.data import TexturedRegions
 
     torch.manual_seed(8)
     model = H.segformer_with_upsampler(_cfg(), "sapa-b", **_opts("sapa-b"))
@@ -220,32 +221,33 @@ def test_cli_table_and_user_mistakes(capsys):
     assert H.main([]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
-    assert H.main(["--train", "--upsamplers", "nope", "--out", "/tmp/unused.csv"]) == 2
+    assert L.main([]) == 2
+    assert L.main(["--train", "--upsamplers", "nope", "--out", "/tmp/unused.csv"]) == 2
     assert "unknown upsampler" in capsys.readouterr().err
 
 
 def test_sweep_is_append_only_and_resumable(tmp_path, monkeypatch):
-    setup = dict(H.EXPERIMENT, train_samples=8, val_samples=8, batch_size=8, epochs=1)
+    setup = dict(L.EXPERIMENT, train_samples=8, val_samples=8, batch_size=8, epochs=1)
     out = tmp_path / "segformer.csv"
-    rows = H.run_sweep(out, ["bilinear", "nearest"], [0], setup, command="test", log=lambda *a: None)
+    rows = L.run_sweep(out, ["bilinear", "nearest"], [0], setup, command="test", log=lambda *a: None)
     assert [(r["upsampler"], r["seed"]) for r in rows] == [("bilinear", 0), ("nearest", 0)]
     text = out.read_text()
     meta = H.json.loads(out.with_suffix(".json").read_text())
     assert meta["command"] == "test" and set(meta["curves"]) == {"bilinear/0", "nearest/0"}
     # a rerun trains nothing and changes nothing
     calls = []
-    monkeypatch.setattr(H, "train_segformer", lambda *a, **k: calls.append(a))
-    H.run_sweep(out, ["bilinear", "nearest"], [0], setup, log=lambda *a: None)
+    monkeypatch.setattr(L, "train_segformer", lambda *a, **k: calls.append(a))
+    L.run_sweep(out, ["bilinear", "nearest"], [0], setup, log=lambda *a: None)
     assert calls == [] and out.read_text() == text
     # another setup is refused, the file kept
     with pytest.raises(ValueError, match="another setup"):
-        H.run_sweep(out, ["bilinear"], [0], dict(setup, epochs=2), log=lambda *a: None)
+        L.run_sweep(out, ["bilinear"], [0], dict(setup, epochs=2), log=lambda *a: None)
     assert out.read_text() == text
     # the CLI says so in one line
-    assert H.main(["--train", "--epochs", "2", "--out", str(out)]) == 2
+    assert L.main(["--train", "--epochs", "2", "--out", str(out)]) == 2
     # load_results finds it through $SAPA_RESULTS_DIR
     monkeypatch.setenv("SAPA_RESULTS_DIR", str(tmp_path))
-    got, meta2 = H.load_results("segformer")
+    got, meta2 = L.load_results("segformer")
     assert len(got) == 2 and isinstance(got[0]["miou"], float) and meta2["command"] == "test"
     with open(out, newline="") as f:
-        assert next(csv.reader(f)) == H.CSV_FIELDS
+        assert next(csv.reader(f)) == L.CSV_FIELDS

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from sapa import mechanism as M
+from sapa.lab import mechanism as M
 
 CFG = dataclasses.replace(M.PROFILES["quick"], size=16, n_train=2, n_test=3, max_steps=15, patience=5)
 
@@ -115,7 +115,7 @@ def test_cli_quick(tmp_path, one_thread):
     import json
 
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["command"].startswith("python -m sapa.mechanism") and meta["seconds"] >= 0 and "CPU" in meta["machine"]
+    assert meta["command"].startswith("python -m sapa.lab.mechanism") and meta["seconds"] >= 0 and "CPU" in meta["machine"]
     rows = M.read_rows(out)
     assert sorted(r["upsampler"] for r in rows) == ["bilinear", "sapa-i"]
     assert all(r["fit_cpu_seconds"] >= 0 for r in rows) and "2 worker" in meta["machine"]

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from sapa import metrics
-from sapa.metrics import (
+from sapa.lab import metrics
+from sapa.lab.metrics import (
     SegmentationMeter,
     boundary_band,
     boundary_iou,

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import sapa
-from sapa.models import BilinearConv, Segmenter, available_segmenter_upsamplers, count_parameters
+from sapa.lab.models import BilinearConv, Segmenter, available_segmenter_upsamplers, count_parameters
 
 
 @pytest.mark.parametrize("stages", [3, 4])
@@ -82,8 +82,8 @@ def test_bilinear_conv_matches_carafe_params_and_starts_as_bilinear(one_thread):
 
 
 def test_segformer_run_exports_and_loads(tmp_path, one_thread):
-    from sapa.results import export_model, load_model
-    from sapa.train import train
+    from sapa.lab.results import export_model, load_model
+    from sapa.lab.train import train
 
     run = tmp_path / "run"
     result = train(dict(upsampler="bilinear+conv", head="segformer", dataset="textures", profile="quick", size=16,

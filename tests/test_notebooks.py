@@ -20,7 +20,7 @@ IDS = [p.name for p in NOTEBOOKS]
 COLAB_CELL = """import sys
 if "google.colab" in sys.modules:  # install the package only when running on Colab
     import subprocess
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/sapa-book/sapa.git"], check=True)"""
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "sapa[book] @ git+https://github.com/sapa-book/sapa.git"], check=True)"""
 
 SOURCES = sorted(NB_DIR.glob("*.md"))
 PAIRING = "ipynb,md:myst"
@@ -149,7 +149,7 @@ def test_shown_code_lines_fit_the_page(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_glue_never_leaves_an_output_box(path):
-    """Chapters glue through sapa.plotting.glue (no output box, strings without quotes), never
+    """Chapters glue through sapa.lab.plotting.glue (no output box, strings without quotes), never
     through myst_nb.glue directly."""
     nb = nbformat.read(path, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")

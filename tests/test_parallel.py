@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from sapa._parallel import sigterm_as_interrupt, stop_pool
+from sapa.lab._parallel import sigterm_as_interrupt, stop_pool
 
 
 def test_stop_pool_cancels_and_terminates_every_worker():

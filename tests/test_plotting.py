@@ -1,4 +1,4 @@
-"""sapa.plotting: image helpers (shapes, ranges), kernel collection, figures (Agg backend)."""
+"""sapa.lab.plotting: image helpers (shapes, ranges), kernel collection, figures (Agg backend)."""
 from __future__ import annotations
 
 import matplotlib
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sapa.models import Segmenter
-from sapa.plotting import (boundary_crop, collect_kernels, colorize, error_bar_plot, feature_to_rgb, kernel_map,
+from sapa.lab.models import Segmenter
+from sapa.lab.plotting import (boundary_crop, collect_kernels, colorize, error_bar_plot, feature_to_rgb, kernel_map,
                            palette, show_predictions)
 
 
@@ -149,7 +149,7 @@ def _texts(fig):
 def test_book_style_text_is_at_least_min_font():
     import matplotlib.pyplot as plt
 
-    from sapa.plotting import BOOK_STYLE, MIN_FONT_PT, use_book_style
+    from sapa.lab.plotting import BOOK_STYLE, MIN_FONT_PT, use_book_style
 
     use_book_style()
     assert all(matplotlib.rcParams[k] == v for k, v in BOOK_STYLE.items() if k != "figure.figsize")
@@ -168,7 +168,7 @@ def test_book_style_text_is_at_least_min_font():
 def test_diagrams_fit_the_column_with_legible_text(draw):
     import matplotlib.pyplot as plt
 
-    import sapa.plotting as sp
+    import sapa.lab.plotting as sp
 
     sp.use_book_style()
     fig = getattr(sp, draw)()
@@ -189,7 +189,7 @@ def test_diagrams_fit_the_column_with_legible_text(draw):
 def test_window_gather_marks_the_right_centre():
     import matplotlib.pyplot as plt
 
-    from sapa.plotting import draw_window_gather
+    from sapa.lab.plotting import draw_window_gather
 
     fig = draw_window_gather(H=4, W=5, kernel_size=3, scale=2, point=(2, 8))
     words = " ".join(t.get_text() for t in _texts(fig))
@@ -202,7 +202,7 @@ def test_window_gather_marks_the_right_centre():
 def test_triton_tiling_counts_programs():
     import matplotlib.pyplot as plt
 
-    from sapa.plotting import draw_triton_tiling
+    from sapa.lab.plotting import draw_triton_tiling
 
     fig = draw_triton_tiling(Hq=10, Wq=13, C=160, block_p=32, block_c=64, B=2)
     assert "(5, 3, B): 30 programs" in fig._suptitle.get_text()   # ceil(130/32) = 5, ceil(160/64) = 3
@@ -212,7 +212,7 @@ def test_triton_tiling_counts_programs():
 
 
 def test_markdown_table():
-    from sapa.plotting import markdown_table
+    from sapa.lab.plotting import markdown_table
 
     text = markdown_table(["name", "value"], [["a|b", 1.5], ["c", 2]])
     assert text.splitlines() == ["| name | value |", "|:--|--:|", "| a\\|b | 1.5 |", "| c | 2 |"]
@@ -223,7 +223,7 @@ def test_markdown_table():
 
 
 def test_glue_outside_jupyter_does_nothing_and_checks_the_name():
-    from sapa.plotting import glue
+    from sapa.lab.plotting import glue
 
     assert glue("x", "text") is None
     with pytest.raises(TypeError, match="name"):
@@ -255,8 +255,8 @@ def _paired_rows():
 
 def test_paired_difference_plot_shows_every_seed_and_zero():
     import matplotlib.pyplot as plt
-    from sapa.plotting import paired_difference_plot
-    from sapa.stats import paired_differences
+    from sapa.lab.plotting import paired_difference_plot
+    from sapa.lab.stats import paired_differences
 
     rows = _paired_rows()
     res = paired_differences(rows, "miou")
@@ -271,7 +271,7 @@ def test_paired_difference_plot_shows_every_seed_and_zero():
 
 def test_seed_lines_curve_plot_and_show_map():
     import matplotlib.pyplot as plt
-    from sapa.plotting import curve_plot, seed_lines_plot, show_map
+    from sapa.lab.plotting import curve_plot, seed_lines_plot, show_map
 
     rows = _paired_rows() + [dict(setting="a", seed=9, miou=0.0, curve="")]  # seed 9 lacks bilinear: left out
     ax = seed_lines_plot(rows, "miou", ["bilinear", "a", "b"])
@@ -288,7 +288,7 @@ def test_seed_lines_curve_plot_and_show_map():
 
 def test_mechanism_plot_one_point_per_seed():
     import matplotlib.pyplot as plt
-    from sapa.plotting import mechanism_plot
+    from sapa.lab.plotting import mechanism_plot
 
     rows = [dict(upsampler=u, sigma=s, seed=k, region_error=0.1 * s + k * 0.01)
             for u in ("bilinear", "sapa-b") for s in (0.0, 1.0) for k in range(3)]

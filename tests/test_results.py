@@ -1,4 +1,4 @@
-"""sapa.results: the results folder, exporting and reloading trained models."""
+"""sapa.lab.results: the results folder, exporting and reloading trained models."""
 from __future__ import annotations
 
 import re
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sapa.results import export_model, load_model, load_state_dict_file, model_config, repo_root, results_dir
-from sapa.train import train
+from sapa.lab.results import export_model, load_model, load_state_dict_file, model_config, repo_root, results_dir
+from sapa.lab.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +92,7 @@ def test_no_unsafe_load_anywhere():
 def test_stored_file_local_then_fetched_without_checkout(tmp_path, monkeypatch):
     """stored_file: the checkout's copy first; without a checkout (Colab) fetched once from
     RAW_URL into the cache (a file:// URL stands in for the repository here)."""
-    from sapa import results
+    from sapa.lab import results
 
     local = tmp_path / "local"
     local.mkdir()

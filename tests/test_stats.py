@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from sapa import stats
+from sapa.lab import stats
 
 
 def test_t_cdf_closed_forms():

@@ -1,7 +1,7 @@
 """The sweep trains each configuration once, resumes, and writes the documented CSV."""
 import math
 
-from sapa import sweep
+from sapa.lab import sweep
 
 TINY = dict(epochs=1, size=32, train_samples=16, val_samples=8, batch_size=8, width=8, max_steps_per_epoch=1)
 
@@ -125,7 +125,7 @@ def test_cli_commands_estimate_and_json(tmp_path, capsys):
     assert sweep.main(["--print-commands"]) == 0
     printed = capsys.readouterr().out
     assert "--out book/results/main.csv" in printed and "--grid table6" in printed
-    assert "python -m sapa.mechanism --out book/results/mechanism.csv" in printed
+    assert "python -m sapa.lab.mechanism --out book/results/mechanism.csv" in printed
     assert "--head segformer" in printed and "--dataset textures" in printed
     flags = ["--epochs", "1", "--size", "32", "--train-samples", "16", "--val-samples", "8", "--batch-size", "8",
              "--width", "4", "--decoder-width", "8", "--stages", "3", "--max-steps-per-epoch", "1",
@@ -140,7 +140,7 @@ def test_cli_commands_estimate_and_json(tmp_path, capsys):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert len(meta["invocations"]) == 2 and meta["seconds"] == pytest.approx(
         sum(i["seconds"] for i in meta["invocations"]), abs=0.2)
-    assert meta["command"].startswith("python -m sapa.sweep --grid main") and "CPU" in meta["machine"]
+    assert meta["command"].startswith("python -m sapa.lab.sweep --grid main") and "CPU" in meta["machine"]
     row = sweep.read_csv(str(out))[0]
     assert row["head"] == "segformer" and row["dataset"] == "textures"
     assert row["error_rate"] == pytest.approx(row["loc_error_rate"] + row["rec_error_rate"])

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import sapa.train as T
-from sapa.models import Segmenter
+import sapa.lab.train as T
+from sapa.lab.models import Segmenter
 from sapa.upsamplers import available_upsamplers
 
 TINY = dict(profile="quick", size=16, train_samples=16, val_samples=8, batch_size=8, width=4, decoder_width=8,

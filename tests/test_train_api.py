@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-import sapa.train as T
-from sapa.data import TexturedRegions
+import sapa.lab.train as T
+from sapa.lab.data import TexturedRegions
 
 TINY = dict(profile="quick", size=16, train_samples=16, val_samples=8, batch_size=8, width=4, decoder_width=8,
             stages=3, progress=False, threads=1, epochs=2)
@@ -137,7 +137,7 @@ def test_cli_mistakes_end_in_one_line(tmp_path, capsys):
             T.main(["--upsampler", "bilinear", "--out", str(tmp_path / "x"), *extra])
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 or err[-1].startswith("python -m sapa.train: error"), err
+        assert len(err) == 1 or err[-1].startswith("python -m sapa.lab.train: error"), err
         assert "Traceback" not in "\n".join(err)
         assert any(w in err[-1] for w in ("foo", "KEY=VALUE", "segformer", "CUDA")), err
     assert not (tmp_path / "x").exists()  # nothing written

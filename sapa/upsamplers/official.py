@@ -44,7 +44,7 @@ from typing import Callable, Dict, Mapping, Union
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_state_dict_file
+from ..serialization import load_state_dict_file
 
 __all__ = ["load_official_state_dict", "official_names", "convert_official_state_dict"]
 
@@ -129,7 +129,7 @@ def official_names():
 
 
 def _read(path: Union[str, os.PathLike]) -> Mapping:
-    """Read a checkpoint file without running code: :func:`sapa.checkpoint.load_state_dict_file`
+    """Read a checkpoint file without running code: :func:`sapa.serialization.load_state_dict_file`
     (safetensors, or torch.load(weights_only=True)); a bad file raises one line naming it."""
     return load_state_dict_file(path)
 

@@ -1,4 +1,4 @@
-"""Process pools of the resumable CLIs (:mod:`sapa.sweep`, :mod:`sapa.mechanism`)."""
+"""Process pools of the resumable CLIs (:mod:`sapa.lab.sweep`, :mod:`sapa.lab.mechanism`)."""
 from __future__ import annotations
 
 import signal

@@ -2,17 +2,17 @@
 
 Command line (``--print-commands`` prints the exact commands of the stored results)::
 
-    python -m sapa.sweep --grid main   --seeds 0 1 2 3 4 --out book/results/main.csv  <task flags>
-    python -m sapa.sweep --grid table6 --seeds 0 1 2 3 4 --out book/results/table6.csv <task flags>
-    python -m sapa.sweep --grid main --estimate <task flags>     # time a few steps, predict the wall time
+    python -m sapa.lab.sweep --grid main   --seeds 0 1 2 3 4 --out book/results/main.csv  <task flags>
+    python -m sapa.lab.sweep --grid table6 --seeds 0 1 2 3 4 --out book/results/table6.csv <task flags>
+    python -m sapa.lab.sweep --grid main --estimate <task flags>     # time a few steps, predict the wall time
 
 Grids: ``segmentation`` (the 15 upsamplers of the package), ``main`` (those plus the
 parameter-matched ``bilinear+conv`` control), ``ablations`` (Table 6: normalisation h,
 kernel size K, embedding dim d, similarity) and ``table6`` (the same plus the padding,
 zeros / ignore). The task flags (``--dataset``, ``--head``, ``--stages``, ``--decoder-width``,
-``--schedule``, ...) are :class:`sapa.train.TrainConfig` fields applied to every run.
+``--schedule``, ...) are :class:`sapa.lab.train.TrainConfig` fields applied to every run.
 
-Each run is one :func:`sapa.train.train` call in a worker process (``--workers`` of them, one
+Each run is one :func:`sapa.lab.train.train` call in a worker process (``--workers`` of them, one
 thread each) with its checkpoint in ``--runs DIR/<run>``; the run's name holds the upsampler,
 its options, the seed and a hash of every setting that defines it (``config_id``), so runs
 with other settings never share a folder. Results are **appended** to the CSV as each run
@@ -20,11 +20,11 @@ finishes (flushed to disk), and a rerun skips every (group, setting, run) row al
 an interrupted sweep resumes, and a sweep rerun with a changed setting adds rows (with
 another ``config_id``) and never overwrites or loses the rows already in the file. A CSV
 with other columns is refused (``use another --out``). Data order: a seed fixes the order of
-the batches whatever the upsampler, so the runs of one seed are paired (:mod:`sapa.stats`).
+the batches whatever the upsampler, so the runs of one seed are paired (:mod:`sapa.lab.stats`).
 
 Columns (:data:`CSV_COLUMNS`): the setting (``group, setting, upsampler, options, seed``),
 the validation scores (``miou, boundary_iou, fg_boundary_iou, pixel_acc, error_rate,
-loc_error_rate, rec_error_rate, loc_error_share``, see :mod:`sapa.metrics`), the costs
+loc_error_rate, rec_error_rate, loc_error_share``, see :mod:`sapa.lab.metrics`), the costs
 (``params, upsampler_params, macs, upsampler_macs, flops`` of the whole segmenter or its
 upsamplers for one image, ``time_per_iter_ms``), the training (``train_loss, epochs``
 trained, ``converged``: True/False under the plateau schedule, empty under cosine), the task
@@ -60,7 +60,7 @@ SEGMENTATION_UPSAMPLERS = (
     "fade", "dysample", "sapa-i", "sapa-b", "sapa-p", "sapa-g", "sapa-d",
 )
 #: the main comparison: those and the parameter-matched control (bilinear + a conv with CARAFE's
-#: parameter count, see :class:`sapa.models.BilinearConv`)
+#: parameter count, see :class:`sapa.lab.models.BilinearConv`)
 MAIN_UPSAMPLERS = SEGMENTATION_UPSAMPLERS + ("bilinear+conv",)
 
 #: Table 6 of the paper: (group, setting label, upsampler, options)
@@ -118,12 +118,12 @@ def _task_flags(task: Dict) -> List[str]:
 def stored_command(name: str) -> str:
     """The one command that regenerates the stored result ``name`` ("main", "table6", "mechanism")."""
     if name == "mechanism":
-        return "python -m sapa.mechanism --out book/results/mechanism.csv --workers 2"
+        return "python -m sapa.lab.mechanism --out book/results/mechanism.csv --workers 2"
     if name not in STORED:
         raise ValueError(f"unknown stored result {name!r}; expected one of {sorted(STORED) + ['mechanism']}")
     seeds = SAPA_D_SEEDS if name == "main+sapa-d" else STORED_SEEDS
     argv = STORED[name] + ["--seeds", *map(str, seeds), "--runs", "runs/sweep", "--workers", "2"]
-    return "python -m sapa.sweep " + " ".join(argv + _task_flags(STORED_TASK))
+    return "python -m sapa.lab.sweep " + " ".join(argv + _task_flags(STORED_TASK))
 
 
 def grid(name: str, upsamplers: Optional[Iterable[str]] = None) -> List[Dict]:
@@ -161,12 +161,12 @@ def _config_id(train_cfg: Dict):
 
 @torch.no_grad()
 def segmenter_cost(model, size: int) -> Dict[str, int]:
-    """Parameters and MACs of ``model`` (a :class:`sapa.models.Segmenter`) on one size x size image.
+    """Parameters and MACs of ``model`` (a :class:`sapa.lab.models.Segmenter`) on one size x size image.
 
     Returns params, upsampler_params, macs (whole model, :func:`sapa.complexity.count_flops`
     plus the upsamplers' explicit counts) and upsampler_macs.
     """
-    from .complexity import count_flops, count_params
+    from ..complexity import count_flops, count_params
 
     captured = []
     hooks = [u.register_forward_pre_hook(lambda m, args: captured.append((m, args))) for u in model.upsamplers]
@@ -254,7 +254,7 @@ def _repair_tail(path: Path) -> None:
         data = f.seek(0) or f.read()
         cut = data.rfind(b"\n") + 1
         f.truncate(cut)
-    print(f"sapa.sweep: {path}: removed an unfinished last line ({len(data) - cut} bytes without a newline, "
+    print(f"sapa.lab.sweep: {path}: removed an unfinished last line ({len(data) - cut} bytes without a newline, "
           f"left by an interrupted write); its run is trained again", file=sys.stderr)
 
 
@@ -275,7 +275,7 @@ def _accepted_options(upsampler: str) -> Optional[Tuple[str, ...]]:
     belong to the matched upsampler and must be given with the ``bilinear+conv:`` prefix)."""
     if upsampler == "bilinear+conv":
         return ("match",)
-    from .upsamplers import _REGISTRY, _options_of
+    from ..upsamplers import _REGISTRY, _options_of
 
     return _options_of(_REGISTRY[upsampler]) if upsampler in _REGISTRY else ()
 
@@ -346,7 +346,7 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
               progress: bool = True, per_upsampler: Optional[Dict[str, Dict]] = None) -> List[Dict]:
     """Train every (configuration, seed) of a grid not yet in ``out_csv``; returns the grid's rows.
 
-    ``train_overrides`` are :class:`sapa.train.TrainConfig` fields applied to every run (e.g.
+    ``train_overrides`` are :class:`sapa.lab.train.TrainConfig` fields applied to every run (e.g.
     ``{"dataset": "textures", "head": "segformer"}``; ``data_seed`` defaults to each run's
     seed); ``per_upsampler`` maps an upsampler's name to its own options (see
     :func:`parse_upsampler_options`). Finished rows (same group, setting and
@@ -429,7 +429,7 @@ def estimate(grid_name: str, seeds: Iterable[int], train_overrides: Optional[Dic
     defaults in four Table 6 groups, are trained once and counted once) this builds the model
     and the data as the sweep would, times ``steps`` training steps (after one untimed
     warm-up step) and one validation batch as validation runs it (forward, argmax and the
-    metric update of :class:`sapa.metrics.SegmentationMeter`) on one thread in this process,
+    metric update of :class:`sapa.lab.metrics.SegmentationMeter`) on one thread in this process,
     and extrapolates to ``epochs`` (default: the config's ``epochs``) epochs of
     ``train_samples / batch_size`` steps plus the validation passes (every ``eval_every``
     epochs and the last). The total is the sum over runs and seeds divided by ``workers``.
@@ -577,7 +577,7 @@ def _flags():
         ("dataset", str, DATASETS, "dataset of every run (textures: fresh procedural samples every epoch)"),
         ("data-root", str, None, "folder of --dataset folder / oxford-pets (checked once, before any run)"),
         ("num-classes", int, None, "class count (synthetic: 2..6; folder: inferred)"),
-        ("head", str, HEADS, "decoder arm of the segmenter (see sapa.models)"),
+        ("head", str, HEADS, "decoder arm of the segmenter (see sapa.lab.models)"),
         ("skip-fusion", str, SKIP_FUSIONS, "how the unet arm fuses the guide (segformer: none)"),
         ("stages", int, None, "encoder stages (x2 upsampling steps of the decoder)"),
         ("width", int, None, "encoder width of the first stage"),
@@ -601,9 +601,9 @@ def _flags():
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m sapa.sweep",
+        prog="python -m sapa.lab.sweep",
         description="Train a grid of upsamplers (seed-major, resumable) and append one row per run to a CSV.",
-        epilog="The stored results of the book: python -m sapa.sweep --print-commands")
+        epilog="The stored results of the book: python -m sapa.lab.sweep --print-commands")
     p.add_argument("--grid", choices=GRIDS, help="segmentation: the 15 upsamplers; main: those and the "
                    "bilinear+conv control; ablations / table6: the paper's Table 6 (table6 adds the padding)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -688,7 +688,7 @@ def main(argv=None) -> int:
         rows = read_csv(a.out) if Path(a.out).exists() else []
     meta_path = Path(a.out).with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    invocation = dict(command="python -m sapa.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+    invocation = dict(command="python -m sapa.lab.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
                       seconds=round(time.time() - t0, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       machine=_machine(a.workers), rows=len(rows))
     if error is not None and str(error).startswith("interrupted"):

@@ -6,10 +6,10 @@ objects; matplotlib is imported only when a figure is drawn.
 
 * :func:`feature_to_rgb` ``(C, H, W) -> (H, W, 3)``
 * :func:`kernel_map` ``(K*K, H, W)`` or ``(B, K*K, H, W) -> (H, W, 3)``
-* :func:`collect_kernels` the last upsampling step of a :class:`sapa.models.Segmenter`
+* :func:`collect_kernels` the last upsampling step of a :class:`sapa.lab.models.Segmenter`
 * :func:`palette`, :func:`colorize` class colours
 * :func:`boundary_crop`, :func:`show_predictions` predictions side by side, cropped at boundaries
-* :func:`error_bar_plot` mean +- std over seeds from :func:`sapa.sweep.summarize`
+* :func:`error_bar_plot` mean +- std over seeds from :func:`sapa.lab.sweep.summarize`
 * :func:`paired_difference_plot` per-seed paired differences to a baseline (dots), their mean
   and interval, Holm's verdict; :func:`seed_lines_plot` the scores of each seed joined across
   settings; :func:`curve_plot` validation curves of a sweep's ``curve`` column
@@ -292,7 +292,7 @@ def collect_kernels(model, image: torch.Tensor) -> Dict[str, Optional[torch.Tens
     """Run a Segmenter on ``image`` and return what its last (finest) upsampling step saw and made.
 
     Args:
-        model: a :class:`sapa.models.Segmenter` (put in eval mode by the caller if wanted).
+        model: a :class:`sapa.lab.models.Segmenter` (put in eval mode by the caller if wanted).
         image: (B, 3, H, W) image batch.
 
     Returns:
@@ -308,7 +308,7 @@ def collect_kernels(model, image: torch.Tensor) -> Dict[str, Optional[torch.Tens
         kernels (nearest, bilinear, deconv, pixel shuffle, DySample);
         ``kernel_kind``: a short description of ``kernels``.
     """
-    from .upsamplers import A2U, CARAFE, FADE, IndexNetHIN, IndexNetM2O, SAPADynamic, SAPAUpsampler
+    from ..upsamplers import A2U, CARAFE, FADE, IndexNetHIN, IndexNetM2O, SAPADynamic, SAPAUpsampler
 
     up = model.upsamplers[-1]
     seen = {}
@@ -497,7 +497,7 @@ def error_bar_plot(summary_rows: Sequence[Dict], metric: str, ax=None, label_key
     """Bars of ``<metric>_mean`` with ``<metric>_std`` error bars (mean +- sample std over seeds).
 
     Args:
-        summary_rows: rows of :func:`sapa.sweep.summarize` (each has ``<metric>_mean``,
+        summary_rows: rows of :func:`sapa.lab.sweep.summarize` (each has ``<metric>_mean``,
             ``<metric>_std``, ``n`` and ``label_key``), drawn in their order.
         metric: e.g. ``"miou"``, ``"boundary_iou"``, ``"time_per_iter_ms"``.
         ax: matplotlib Axes (default: a new figure).
@@ -554,7 +554,7 @@ def paired_difference_plot(results: Sequence[Dict], rows: Sequence[Dict], metric
     """Paired differences to a baseline: one row per setting, one dot per seed, no bars.
 
     Args:
-        results: :func:`sapa.stats.paired_differences` output (its ``setting``, ``seeds``,
+        results: :func:`sapa.lab.stats.paired_differences` output (its ``setting``, ``seeds``,
             ``mean``, ``ci_low``/``ci_high``, ``significant``, ``baseline``), drawn top to
             bottom in their order.
         rows: the sweep rows the results were computed from (for the per-seed dots).
@@ -651,7 +651,7 @@ def seed_lines_plot(rows: Sequence[Dict], metric: str, settings: Sequence[str], 
 def curve_plot(rows: Sequence[Dict], settings: Sequence[str], metric: str = "val_miou", ax=None,
                scale: float = 100.0, names: Optional[Dict[str, str]] = None, key: str = "setting",
                pair: str = "seed"):
-    """Validation curves of a sweep (the JSON ``curve`` column of :mod:`sapa.sweep`, epochs
+    """Validation curves of a sweep (the JSON ``curve`` column of :mod:`sapa.lab.sweep`, epochs
     numbered from 1): one line per run, one colour per setting, epochs where validation was
     skipped left out.
 
@@ -704,7 +704,7 @@ def show_map(ax, values: ArrayLike, cmap: str = "viridis", vmin: Optional[float]
 
 def mechanism_plot(rows: Sequence[Dict], upsamplers: Sequence[str], metric: str, ax=None,
                    names: Optional[Dict[str, str]] = None, log: bool = False):
-    """One metric of the mechanism experiment (:mod:`sapa.mechanism` rows) against the noise
+    """One metric of the mechanism experiment (:mod:`sapa.lab.mechanism` rows) against the noise
     level sigma: one point per seed (slightly spread in x), a line through the means.
 
     Returns the Axes.

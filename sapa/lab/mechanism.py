@@ -2,7 +2,7 @@
 
 A controlled problem where the right answer is known and no upsampler can copy it:
 
-* labels L (B, H, W): the masks of :class:`sapa.data.TexturedRegions` (blobs, thin curves);
+* labels L (B, H, W): the masks of :class:`sapa.lab.data.TexturedRegions` (blobs, thin curves);
 * class embedding E (num_classes, dim), unit-norm random rows; target T = E[L] (B, dim, H, W);
 * decoder feature X = avgpool2(T) + tau n / sqrt(dim)  (B, dim, H/2, W/2): the right values,
   at low resolution (boundaries blurred);
@@ -30,8 +30,8 @@ neighbours of the output pixel's own class (1 = a perfectly class-aware kernel).
 
 Command line (the stored result's command is in its JSON)::
 
-    python -m sapa.mechanism --out book/results/mechanism.csv --workers 2   # full profile
-    python -m sapa.mechanism --profile quick --out /tmp/mech.csv         # CI-sized
+    python -m sapa.lab.mechanism --out book/results/mechanism.csv --workers 2   # full profile
+    python -m sapa.lab.mechanism --profile quick --out /tmp/mech.csv         # CI-sized
 
 The CSV gets one row per (upsampler, sigma, seed), appended as each fit finishes; a rerun
 skips the rows already there with the same settings (``config_id``) and never removes rows.
@@ -381,7 +381,7 @@ def _machine() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sapa.mechanism",
+    p = argparse.ArgumentParser(prog="python -m sapa.lab.mechanism",
                                 description="The mechanism experiment (fit every upsampler to a known target).")
     p.add_argument("--out", required=True, help="CSV path (appended to; finished rows are skipped)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="full")
@@ -422,7 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     except ValueError:
         old = {}
-    invocation = dict(command="python -m sapa.mechanism " + " ".join(argv if argv is not None else sys.argv[1:]),
+    invocation = dict(command="python -m sapa.lab.mechanism " + " ".join(argv if argv is not None else sys.argv[1:]),
                       seconds=round(time.time() - t0, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       machine=_machine() + f", {a.workers} worker process(es)", rows=len(rows))
     if interrupted:

@@ -1,7 +1,7 @@
 """Paired statistics for sweeps: differences to a baseline, t intervals, Holm's correction.
 
 A sweep trains every upsampler with the same seeds, and a seed fixes the initialisation
-*and* the data order (see :func:`sapa.train.train`), so the runs of two upsamplers with
+*and* the data order (see :func:`sapa.lab.train.train`), so the runs of two upsamplers with
 one seed are a pair. The question "is upsampler A better than bilinear?" is then
 answered by the per-seed differences ``d_s = metric(A, s) - metric(bilinear, s)``:
 
@@ -24,8 +24,8 @@ the settings of a group whose pairwise differences no test of the group resolves
 
 Usage::
 
-    from sapa.sweep import read_csv
-    from sapa.stats import paired_differences
+    from sapa.lab.sweep import read_csv
+    from sapa.lab.stats import paired_differences
     rows = read_csv("book/results/main.csv")
     for r in paired_differences(rows, "boundary_iou", baseline="bilinear"):
         print(r["setting"], r["mean"], r["ci_low"], r["ci_high"], r["p_holm"], r["significant"])
@@ -175,7 +175,7 @@ def paired_differences(
     """Every setting against ``baseline``: paired differences of ``metric`` with intervals.
 
     Args:
-        rows: sweep rows (dicts, e.g. :func:`sapa.sweep.read_csv`) with columns ``key``,
+        rows: sweep rows (dicts, e.g. :func:`sapa.lab.sweep.read_csv`) with columns ``key``,
             ``pair`` and ``metric``.
         metric: the column compared (e.g. "miou", "boundary_iou").
         baseline: the value of ``key`` everything is compared against.

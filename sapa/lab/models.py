@@ -60,7 +60,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from ._checks import check_positive_int as _positive_int
+from .._checks import check_positive_int as _positive_int
 
 __all__ = ["Segmenter", "BilinearConv", "count_parameters", "available_segmenter_upsamplers",
            "SKIP_FUSIONS", "HEADS", "CONTROL_UPSAMPLERS"]

@@ -316,7 +316,7 @@ class TexturedRegions(Dataset):
     is ambiguous (dark and grey pixels carry little hue) but a 3 x 3 patch is not.
 
     Fresh samples every epoch: the ``"train"`` split draws sample ``i`` of epoch ``e``
-    from ``(seed, split, e, i)``; :meth:`set_epoch` (called by :func:`sapa.train.train`
+    from ``(seed, split, e, i)``; :meth:`set_epoch` (called by :func:`sapa.lab.train.train`
     before each epoch) moves to another epoch's samples. ``"val"`` and ``"test"`` ignore
     the epoch: a fixed, seeded set. Generation takes about 1 ms per 64 x 64 image on one
     core.

@@ -4,17 +4,17 @@ The chapters read the files of ``<results>`` (``book/results`` of a checkout, or
 ``$SAPA_RESULTS_DIR``) through :func:`stored_file`, which, without a checkout (the package
 installed by pip, e.g. on Colab), fetches a file once from the published repository:
 
-* ``main.csv`` (chapter 6): the main comparison of :mod:`sapa.sweep` (every upsampler and the
-  parameter-matched control, five seeds, the stored task ``sapa.sweep.STORED_TASK``);
+* ``main.csv`` (chapter 6): the main comparison of :mod:`sapa.lab.sweep` (every upsampler and the
+  parameter-matched control, five seeds, the stored task ``sapa.lab.sweep.STORED_TASK``);
 * ``table6.csv`` (chapter 8): the ablations of the paper's Table 6 and the padding;
-* ``mechanism.csv`` (chapter 7): the controlled experiment of :mod:`sapa.mechanism`;
+* ``mechanism.csv`` (chapter 7): the controlled experiment of :mod:`sapa.lab.mechanism`;
 * the JSON beside each CSV (every invocation's ``command``, ``seconds``, ``date``,
-  ``machine``); ``python -m sapa.sweep --print-commands`` prints the commands;
+  ``machine``); ``python -m sapa.lab.sweep --print-commands`` prints the commands;
 * a few trained models exported from the sweep's run folders:
   ``models/main_<upsampler>_s0.safetensors`` (the weights) with
   ``models/main_<upsampler>_s0.json`` (the training config) beside it::
 
-    from sapa.results import export_model, load_model, stored_file
+    from sapa.lab.results import export_model, load_model, stored_file
     export_model("runs/sweep/<run>", "book/results/models/main_sapa-b_s0.safetensors")
     model = load_model(stored_file("models/main_sapa-b_s0.safetensors"))  # a Segmenter, eval mode
 
@@ -24,9 +24,9 @@ superseded and no longer stored (``book/results/README.md``).
 The weights are a float32 state dict (integer buffers keep their dtype); the JSON holds the
 TrainConfig as a dict plus ``epochs_trained``. No optimizer state, no history, so the pair is a
 fraction of the checkpoint's size. Loading never runs code: safetensors and JSON hold data
-only, and the run's ``last.pt`` is read with ``weights_only=True`` (:mod:`sapa.checkpoint`).
+only, and the run's ``last.pt`` is read with ``weights_only=True`` (:mod:`sapa.lab.checkpoint`).
 A file that is damaged, not a stored model, or of another model raises
-:class:`sapa.checkpoint.CheckpointError` naming it.
+:class:`sapa.lab.checkpoint.CheckpointError` naming it.
 
 :func:`load_state_dict_file` reads any state dict (``.safetensors``, or ``.pth``/``.pt`` with
 ``weights_only=True``), e.g. an official checkpoint.
@@ -161,7 +161,7 @@ def model_config(path: PathLike) -> Dict[str, Any]:
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
-    """Rebuild the :class:`sapa.models.Segmenter` of an exported file, in eval mode.
+    """Rebuild the :class:`sapa.lab.models.Segmenter` of an exported file, in eval mode.
 
     The architecture comes from the stored config (``upsampler``, ``width``, ``stages``,
     ``upsampler_options``, ``skip_fusion``); the class count and the decoder width from the
@@ -176,7 +176,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
     sd, cfg = load_model_file(path)
     if not isinstance(cfg.get("upsampler"), str) or not isinstance(cfg.get("width"), int):
         raise CheckpointError(f"{path}: its config lacks 'upsampler' or 'width'; expected the config "
-                              f"of a Segmenter trained by sapa.train")
+                              f"of a Segmenter trained by sapa.lab.train")
     try:
         decoder_width = int(sd["head.weight"].shape[1]) if "head.weight" in sd else cfg.get("decoder_width")
         model = Segmenter(_num_classes(cfg, sd), cfg["upsampler"], width=int(cfg["width"]),

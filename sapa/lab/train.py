@@ -1,13 +1,13 @@
-"""Train the :class:`sapa.models.Segmenter` with one upsampler; resumable, DDP-ready.
+"""Train the :class:`sapa.lab.models.Segmenter` with one upsampler; resumable, DDP-ready.
 
 Command line::
 
-    python -m sapa.train --upsampler sapa-b --profile quick --seed 0 --out runs/sapa-b-s0
-    torchrun --standalone --nproc_per_node=2 -m sapa.train --upsampler sapa-g --out runs/g
+    python -m sapa.lab.train --upsampler sapa-b --profile quick --seed 0 --out runs/sapa-b-s0
+    torchrun --standalone --nproc_per_node=2 -m sapa.lab.train --upsampler sapa-g --out runs/g
 
 Python::
 
-    from sapa.train import train
+    from sapa.lab.train import train
     result = train({"upsampler": "bilinear", "profile": "quick", "out": "runs/bilinear"})
     result["final"]["val_miou"]
 
@@ -15,7 +15,7 @@ What a run writes (rank 0 only) in ``out``:
 
 * ``last.pt``: model, optimizer, finished epoch count, history, config (a dict of plain
   values) and the Python/NumPy/torch RNG states, as tensors and plain values only, under a
-  format header (:mod:`sapa.checkpoint`). It is read back with ``weights_only=True``, so
+  format header (:mod:`sapa.lab.checkpoint`). It is read back with ``weights_only=True``, so
   loading it never runs code. Written atomically (a temporary file, flushed, then
   ``os.replace``-d): an interruption never leaves a torn checkpoint in place of the last one;
 * ``metrics.json``: config, parameter counts, one record per finished epoch (train loss,
@@ -48,7 +48,7 @@ Schedules (``schedule``):
   ``max_decays + 1``-th (3rd) such plateau: the loss no longer improves even at the
   smallest learning rate. ``epochs`` is then only a cap; a run that reaches it unconverged
   is reported with ``converged = False``. With fresh samples every epoch
-  (:class:`sapa.data.TexturedRegions`) the training loss is an unbiased estimate of the
+  (:class:`sapa.lab.data.TexturedRegions`) the training loss is an unbiased estimate of the
   expected loss, so no validation data is used to stop.
 
 Seeds and pairing: ``seed`` seeds Python, NumPy and torch (model initialisation) and the
@@ -56,7 +56,7 @@ shuffling (the sampler's own generator, seeded by ``seed`` and the epoch), and `
 fixes the data (``TexturedRegions`` draws epoch ``e``'s samples from ``(data_seed, e)``). The
 data order therefore depends on ``seed`` only, not on the upsampler or the model: runs of
 different upsamplers with one seed see the same batches in the same order, so their results
-are paired (see :mod:`sapa.stats`).
+are paired (see :mod:`sapa.lab.stats`).
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
 DistributedDataParallel (gloo on CPU, nccl on CUDA), ``batch_size`` is the *global* batch
@@ -136,7 +136,7 @@ class TrainConfig:
     width: Optional[int] = None
     decoder_width: Optional[int] = None
     stages: int = 4
-    head: str = "unet"  # "unet" or "segformer" (see sapa.models)
+    head: str = "unet"  # "unet" or "segformer" (see sapa.lab.models)
     skip_fusion: Optional[str] = None  # None: "concat" for the U-Net arm, "none" for SegFormer
     upsampler_options: Dict[str, Any] = field(default_factory=dict)
     schedule: str = "cosine"  # or "plateau": train to convergence (see the module docstring)
@@ -659,7 +659,7 @@ def _parse_option(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sapa.train",
+        prog="python -m sapa.lab.train",
         description="Train the small Segmenter with one upsampler (resumable; runs under torchrun).",
     )
     p.add_argument("--upsampler", help="upsampler name (see --list-upsamplers)")
@@ -681,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int)
     p.add_argument("--decoder-width", type=int)
     p.add_argument("--stages", type=int, default=4)
-    p.add_argument("--head", choices=HEADS, default="unet", help="decoder arm (see sapa.models)")
+    p.add_argument("--head", choices=HEADS, default="unet", help="decoder arm (see sapa.lab.models)")
     p.add_argument("--skip-fusion", choices=SKIP_FUSIONS, default=None,
                    help="U-Net arm: concat (default), add or none; the segformer arm: none")
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
