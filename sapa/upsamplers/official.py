@@ -66,6 +66,7 @@ def _rename(table: Dict[str, str], drop: tuple = ()) -> Callable[[StateDict, nn.
             out[key] = v
         return out
 
+    convert.inverse = {new: old for old, new in table.items()}  # for messages: ours -> official
     return convert
 
 
@@ -126,6 +127,21 @@ _CONVERTERS: Dict[str, Callable[[StateDict, nn.Module], StateDict]] = {
 def official_names():
     """Names of :func:`sapa.build_upsampler` whose official checkpoints can be loaded."""
     return tuple(_CONVERTERS)
+
+
+def _official_key(name: str, key: str, module: nn.Module) -> str:
+    """The official key that becomes ``key`` of ``module`` (upsampler ``name``), for messages;
+    the official keys of IndexNet-M2O's stacked convolutions read ``indexnet1..n.<rest>``."""
+    if name == "indexnet-m2o" and key.startswith("index."):
+        rest = key[len("index."):]
+        if not module.use_nonlinear:
+            rest = "0." + rest
+        return f"indexnet1..{module.scale_factor**2}.{rest}"
+    inverse = getattr(_CONVERTERS.get(name), "inverse", {})
+    for ours in sorted(inverse, key=len, reverse=True):
+        if key == ours or key.startswith(ours + "."):
+            return inverse[ours] + key[len(ours):]
+    return key
 
 
 def _read(path: Union[str, os.PathLike]) -> Mapping:
