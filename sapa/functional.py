@@ -129,14 +129,15 @@ class _EagerUpsample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, kernel_size, normalization, padding, be):
         out, stat = be.forward(query, key, value, kernel_size, normalization, padding)
-        ctx.save_for_backward(query, key, value, out, stat)
+        # the output only for a backward that reads it (none built in): see sapa.library
+        ctx.save_for_backward(query, key, value, stat, *((out,) if be.needs_out else ()))
         ctx.save_for_forward(query, key, value)
         ctx.cfg = (kernel_size, normalization, padding, be)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, out, stat = ctx.saved_tensors
+        query, key, value, out, stat = _library._saved_for_backward(ctx)
         kernel_size, normalization, padding, be = ctx.cfg
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
         if torch.is_grad_enabled():  # create_graph=True: the gradient must carry a graph

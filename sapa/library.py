@@ -10,7 +10,9 @@ call and passed to the ops by name.
     the float32 statistic the backend's backward needs ((B, H'*W') or (0,)).
 ``sapa::upsample_backward(grad_out, query, key, value, out, stat, kernel_size, normalization,
 padding, backend, need_query, need_key, need_value) -> (grad_query, grad_key, grad_value)``
-    a gradient that is not needed comes back as an empty (0,) tensor.
+    a gradient that is not needed comes back as an empty (0,) tensor. ``out`` is an empty
+    (0,) tensor unless the backend reads it (``needs_out``; no built-in backend does), so
+    that the autograd formula keeps only the inputs and ``stat`` from the forward.
 
 Shapes depend on the input shapes only (no ``.item()``), so meta tensors, ``FakeTensorMode``,
 ``torch.export`` and ``dynamic=True`` compilation work. The autograd formula calls the
@@ -28,7 +30,9 @@ differentiates the standard-op formulation :func:`sapa.decomposition.shifted_ups
 instead (same values, no (K*K x C) tensor): ``sapa::upsample_backward`` has an autograd
 formula of its own (the vector-Jacobian product of that formulation's gradients), and the
 ``autograd.Function`` wrappers have ``jvp`` rules. Plain first-order training keeps the
-fused kernels.
+fused kernels and saves only what they read (the inputs and ``stat``); the formulation is
+recomputed from the saved inputs inside a backward that runs with ``create_graph=True``, so
+only a step that asks for higher derivatives pays for them (``tests/test_memory.py``).
 """
 from __future__ import annotations
 
@@ -99,13 +103,23 @@ def _upsample_backward_fake(grad_out, query, key, value, out, stat, kernel_size,
 def _setup_context(ctx, inputs, output):
     query, key, value, kernel_size, normalization, padding, backend = inputs
     out, stat = output
-    ctx.save_for_backward(query, key, value, out, stat)
+    # the output is kept only for a backward that reads it (none built in does): a first-order
+    # step keeps the inputs and stat; a double backward recomputes from the inputs
+    keep_out = get_backend(backend).needs_out
+    ctx.save_for_backward(query, key, value, stat, *((out,) if keep_out else ()))
     ctx.cfg = (kernel_size, normalization, padding, backend)
     ctx.mark_non_differentiable(stat)
 
 
+def _saved_for_backward(ctx) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(query, key, value, out, stat) of a forward's context; ``out`` is an empty (0,) tensor
+    unless the backend's ``needs_out`` made the forward keep it."""
+    query, key, value, stat, *out = ctx.saved_tensors
+    return query, key, value, (out[0] if out else _not_needed(query)), stat
+
+
 def _backward(ctx, grad_out, grad_stat):
-    query, key, value, out, stat = ctx.saved_tensors
+    query, key, value, out, stat = _saved_for_backward(ctx)
     needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
     grads = torch.ops.sapa.upsample_backward(grad_out, query, key, value, out, stat, *ctx.cfg, *needs)
     return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 4
@@ -222,7 +236,7 @@ class UpsampleFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_stat):
-        query, key, value, out, stat = ctx.saved_tensors
+        query, key, value, out, stat = _saved_for_backward(ctx)
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
         grads = BackwardFunction.apply(grad_out, query, key, value, out, stat, *ctx.cfg, *needs)
         return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 4
@@ -282,12 +296,11 @@ def _upsample_vmap(info, in_dims, query, key, value, kernel_size, normalization,
 def _upsample_backward_vmap(info, in_dims, grad_out, query, key, value, out, stat, kernel_size,
                             normalization, padding, backend, need_query, need_key, need_value):
     n = info.batch_size
-    tensors = (grad_out, query, key, value, out)
-    g, q, k, v, o = (_fold(t, d, n) for t, d in zip(tensors, in_dims[:5]))
-    if stat.numel() == 0:
-        s = stat.new_empty(0)
-    else:
-        s = _fold(stat, in_dims[5], n)
+    tensors = (grad_out, query, key, value)
+    g, q, k, v = (_fold(t, d, n) for t, d in zip(tensors, in_dims[:4]))
+    # out and stat may be (0,) placeholders (not kept by the forward, no statistic)
+    o = out.new_empty(0) if out.numel() == 0 else _fold(out, in_dims[4], n)
+    s = stat.new_empty(0) if stat.numel() == 0 else _fold(stat, in_dims[5], n)
     grads = torch.ops.sapa.upsample_backward(g, q, k, v, o, s, kernel_size, normalization, padding, backend,
                                              need_query, need_key, need_value)
     return tuple(_unfold(t, n) for t in grads), (0, 0, 0)

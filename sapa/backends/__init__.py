@@ -23,6 +23,10 @@ query (B, d, H', W'), key (B, d, H, W), value (B, C, H, W).
     ``-> (grad_query, grad_key, grad_value)``; ``needs`` is three bools, a gradient whose
     flag is False may be None. ``backward=None`` means ``forward`` is made of
     differentiable PyTorch ops and autograd differentiates it (the reference backend).
+    ``out`` is the forward's output only when ``needs_out`` is True; otherwise it is an
+    empty (0,) tensor, and the autograd graph does not keep the output (B, C, H', W') alive
+    from the forward to the backward (no built-in backend reads it: a first-order step
+    keeps the inputs and ``stat``, nothing else).
 ``available(query) -> bool``
     whether the backend runs on this device and dtype (checked before every call).
     ``query`` is a stand-in with the query's ``device``, ``dtype`` and ``is_cuda`` only:
@@ -32,10 +36,10 @@ query (B, d, H', W'), key (B, d, H, W), value (B, C, H, W).
     backend of :data:`AUTO_ORDER` that says yes (``"torch"`` always does).
 
 Adding a backend is one change in this file: a module ``sapa/backends/<name>.py`` exposing
-``forward``, ``backward``, ``available`` (and optionally ``auto``, ``SAVES_STAT``), plus
-one entry ``"<name>": _module_loader("sapa.backends.<name>")`` in :data:`_OPTIONAL` (and
-its name in :data:`AUTO_ORDER` if ``"auto"`` should pick it). Or, from user code,
-:func:`register_backend`.
+``forward``, ``backward``, ``available`` (and optionally ``auto``, ``SAVES_STAT``,
+``NEEDS_OUT``), plus one entry ``"<name>": _module_loader("sapa.backends.<name>")`` in
+:data:`_OPTIONAL` (and its name in :data:`AUTO_ORDER` if ``"auto"`` should pick it). Or,
+from user code, :func:`register_backend`.
 """
 from __future__ import annotations
 
@@ -78,6 +82,7 @@ class Backend:
     available: Callable[[torch.Tensor], bool] = _always
     auto: Callable[[torch.Tensor], bool] = _never
     saves_stat: bool = False
+    needs_out: bool = False
 
 
 _BACKENDS: Dict[str, Backend] = {}
@@ -93,24 +98,29 @@ def register_backend(
     available: Optional[Callable[[torch.Tensor], bool]] = None,
     auto: Optional[Callable[[torch.Tensor], bool]] = None,
     saves_stat: bool = False,
+    needs_out: bool = False,
 ) -> Backend:
-    """Register (or replace) backend ``name``; see the module docstring for the contract."""
+    """Register (or replace) backend ``name``; see the module docstring for the contract
+    (``needs_out=True``: ``backward`` reads the forward's output, which the graph then keeps)."""
     if not isinstance(name, str) or not name or name == "auto":
         raise ValueError(f"a backend name must be a non-empty string other than 'auto', got {name!r}")
-    be = Backend(name, forward, backward, available or _always, auto or _never, bool(saves_stat))
+    be = Backend(name, forward, backward, available or _always, auto or _never, bool(saves_stat),
+                 bool(needs_out))
     _BACKENDS[name] = be
     return be
 
 
 # ---- optional backends: imported on first use, once ----------------------------------
 def _module_loader(module: str) -> Callable[[], Backend]:
-    """Loader of a backend module exposing ``forward``, ``backward``, ``available`` [, ``auto``]."""
+    """Loader of a backend module exposing ``forward``, ``backward``, ``available`` [, ``auto``,
+    ``SAVES_STAT``, ``NEEDS_OUT``]."""
 
     def load() -> Backend:
         mod = importlib.import_module(module)
         name = module.rsplit(".", 1)[-1]
         return Backend(name, mod.forward, getattr(mod, "backward", None), getattr(mod, "available", _always),
-                       getattr(mod, "auto", _never), bool(getattr(mod, "SAVES_STAT", False)))
+                       getattr(mod, "auto", _never), bool(getattr(mod, "SAVES_STAT", False)),
+                       bool(getattr(mod, "NEEDS_OUT", False)))
 
     return load
 
