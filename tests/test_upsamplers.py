@@ -348,3 +348,49 @@ def test_reassemble_upsamplers_compile_fullgraph():
         m = build_upsampler(name, 8)
         x, y = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 12, 12)
         torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x, y), m(x, y))
+
+
+def _sapa_d_definition(m, x, y):
+    """SAPA-D as defined (official deform_qk / deform_av): G d key channels and the values
+    read by grid_sample at the points, weights softmax over the points."""
+    w, pts = m.kernels(x, y)
+    vs = sapa.upsamplers.sapa_variants.deform_sample(x, pts, m.groups)
+    return (w.unsqueeze(2) * vs).sum(3).reshape(x.shape[0], x.shape[1], *y.shape[-2:])
+
+
+@pytest.mark.parametrize("opts", [{}, {"norm": True}, {"qkv_bias": False},
+                                  {"high_offset": False, "norm": True, "groups": 2, "points": 5}])
+@pytest.mark.parametrize("size", [(10, 12), (11, 13)])
+@pytest.mark.parametrize("reach,radius", [(0.7, 1), (1.6, 2), (2.5, 3), (4.0, 0)])
+def test_sapa_d_fast_paths_equal_the_definition(opts, size, reach, radius):
+    """SAPA-D's forward (window path for |offsets| < R <= 3, else one grid_sample of [x, 1])
+    against the definition, in float64: outputs and the gradients of x, y and every parameter.
+    The offset conv is scaled so that max |offset| = reach (offsets are linear in its weights)."""
+    torch.manual_seed(2)
+    m = build_upsampler("sapa-d", 8, 6, embedding_dim=5, **opts).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        scale = reach / float(m.offsets(m.norm_x(x) if m.norm else x, size).abs().max())
+        for p in m.offset.parameters():
+            p.mul_(scale)
+    off = m.offsets(m.norm_x(x) if m.norm else x, size)
+    assert m._window_radius(off) == radius
+    params = [x, y, *m.parameters()]
+    out, ref = m(x, y), _sapa_d_definition(m, x, y)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b)
+    if radius:  # the sampling path, forced, agrees too
+        m.window_radius_max = 0
+        torch.testing.assert_close(m(x, y), ref)
+
+
+def test_sapa_d_compile_fullgraph():
+    m = build_upsampler("sapa-d", 8)
+    x, y = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 12, 12)
+    torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x, y), m(x, y))
