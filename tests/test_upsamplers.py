@@ -360,7 +360,7 @@ def _sapa_d_definition(m, x, y):
 
 @pytest.mark.parametrize("opts", [{}, {"norm": True}, {"qkv_bias": False},
                                   {"high_offset": False, "norm": True, "groups": 2, "points": 5}])
-@pytest.mark.parametrize("size", [(10, 12), (11, 13)])
+@pytest.mark.parametrize("size", [(10, 12), (15, 12), (11, 13)])
 @pytest.mark.parametrize("reach,radius", [(0.7, 1), (1.6, 2), (2.5, 3), (4.0, 0)])
 def test_sapa_d_fast_paths_equal_the_definition(opts, size, reach, radius):
     """SAPA-D's forward (window path for |offsets| < R <= 3, else one grid_sample of [x, 1])

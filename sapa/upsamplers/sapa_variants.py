@@ -76,6 +76,30 @@ def _flop_counting() -> bool:
     return any("FlopCounterMode" in type(m).__name__ for m in _get_current_dispatch_mode_stack())
 
 
+class _Splat(torch.autograd.Function):
+    """The adjoint of bilinear sampling: weights (N, 1, H_o, W_o) at points ``grid``
+    (N, H_o, W_o, 2) spread onto (N, 1, H, W) maps, ``size`` = (H, W) (``grid_sample``'s input
+    gradient; zeros padding, align_corners=False), differentiable in the weights and the points
+    (its backward is one ``grid_sample`` and one grid gradient)."""
+
+    @staticmethod
+    def forward(ctx, w, grid, size):
+        ctx.save_for_backward(w, grid)
+        dummy = w.new_zeros(()).expand(w.shape[0], 1, *size)
+        return torch.ops.aten.grid_sampler_2d_backward(w, dummy, grid, 0, 0, False, [True, False])[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        w, grid = ctx.saved_tensors
+        g = g.contiguous()
+        gw = F.grid_sample(g, grid, mode="bilinear", padding_mode="zeros", align_corners=False) \
+            if ctx.needs_input_grad[0] else None
+        gg = torch.ops.aten.grid_sampler_2d_backward(w, g, grid, 0, 0, False, [False, True])[1] \
+            if ctx.needs_input_grad[1] else None
+        return gw, gg, None
+
+
 def _window_dot(m: torch.Tensor, a: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Dot products of per-output-pixel vectors with the window around each pixel's parent.
 
@@ -230,15 +254,20 @@ class SAPADynamic(Upsampler):
         (W_{k,g}^T q_g)_c, channel C (with ``qkv_bias``) is <b_{k,g}, q_g>; both are linear in
         y_, so they are one 1x1 conv of y_ whose weights are products of the q and k convs'.
         """
+        weight, bias = self._folded_weights()
+        a = F.conv2d(y_, weight[:, :, None, None], bias)
+        return a.view(a.shape[0], self.groups, -1, *a.shape[-2:])
+
+    def _folded_weights(self):
+        """Weight (G (C + b), C_y) and bias (G (C + b),) or None of :meth:`folded_query`."""
         G, d, C = self.groups, self.embedding_dim, self.in_channels
         wk = self.k.weight.view(G, d, C).transpose(1, 2)  # (G, C, d)
         if self.qkv_bias:
             wk = torch.cat([wk, self.k.bias.view(G, 1, d)], dim=1)  # (G, C + 1, d)
         wq = self.q.weight.view(G, d, -1)  # (G, d, C_y)
-        weight = torch.matmul(wk, wq).reshape(-1, wq.shape[-1], 1, 1)  # (G (C + b), C_y, 1, 1)
+        weight = torch.matmul(wk, wq).reshape(-1, wq.shape[-1])  # (G (C + b), C_y)
         bias = torch.matmul(wk, self.q.bias.view(G, d, 1)).reshape(-1) if self.qkv_bias else None
-        a = F.conv2d(y_, weight, bias)
-        return a.view(a.shape[0], G, -1, *a.shape[-2:])
+        return weight, bias
 
     def forward(self, x, y=None):
         Hq, Wq = self._output_size(x, y)
@@ -246,11 +275,33 @@ class SAPADynamic(Upsampler):
             return self._forward_definition(x, y)
         x_ = self.norm_x(x) if self.norm else x
         y_ = self.norm_y(y) if self.norm else y
-        off = self.offsets(x_, (Hq, Wq))  # (B, G, P, H', W', 2)
-        R = self._window_radius(off)
-        if R:
-            return self._forward_window(x, x_, y_, off, R)
+        H, W = x.shape[-2:]
+        if H and W and Hq % H == 0 and Wq % W == 0 and not torch.compiler.is_compiling():
+            o = self._pixel_major_offsets(x_, Hq // H, Wq // W)  # (B, H, W, sh, sw, G, P, 2)
+            R = self._window_radius(o)
+            if R:
+                return self._forward_patches(x, x_, y_, o, R)
+            off = o.permute(0, 5, 6, 1, 3, 2, 4, 7).reshape(x.shape[0], self.groups, self.points, Hq, Wq, 2)
+        else:
+            off = self.offsets(x_, (Hq, Wq))  # (B, G, P, H', W', 2)
+            R = self._window_radius(off)
+            if R:
+                return self._forward_window(x, x_, y_, off, R)
         return self._forward_sampled(x, x_, y_, off)
+
+    def _pixel_major_offsets(self, x_: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+        """:meth:`offsets` for H' = sh H, W' = sw W, laid out (B, H, W, sh, sw, G, P, 2): output
+        pixel (h sh + i, w sw + j) at [:, h, w, i, j]. With ``high_offset`` and sh = sw = s the
+        conv's rows are reordered instead of the result (no pixel shuffle, no copy)."""
+        B, C, H, W = x_.shape
+        G, P, s = self.groups, self.points, self.scale_factor
+        if self.high_offset and sh == sw == s:
+            wt = self.offset.weight.view(G, P, 2, s, s, C).permute(3, 4, 0, 1, 2, 5).reshape(-1, C)
+            b = self.offset.bias
+            b = b.view(G, P, 2, s, s).permute(3, 4, 0, 1, 2).reshape(-1) if b is not None else None
+            return F.linear(x_.permute(0, 2, 3, 1), wt, b).view(B, H, W, s, s, G, P, 2)
+        off = self.offsets(x_, (sh * H, sw * W))  # (B, G, P, H', W', 2)
+        return off.reshape(B, G, P, H, sh, W, sw, 2).permute(0, 3, 5, 4, 6, 1, 2, 7).contiguous()
 
     def _forward_definition(self, x, y):
         """The official computation: keys (G d channels) and values read by ``grid_sample``."""
@@ -298,6 +349,41 @@ class SAPADynamic(Upsampler):
         vs = S[:, v0:v0 + C].reshape(B, G, c, G, P, Hq, Wq).diagonal(dim1=1, dim2=3)  # (B, c, P, H', W', G)
         out = (vs * w.permute(0, 2, 3, 4, 1).unsqueeze(1)).sum(2)  # (B, c, H', W', G)
         return out.permute(0, 4, 1, 2, 3).reshape(B, C, Hq, Wq)
+
+    def _forward_patches(self, x, x_, y_, o, R: int):
+        """Window path for integer ratios, exact when every |offset| < R, in low-res-pixel-major
+        layout (offsets ``o`` from :meth:`_pixel_major_offsets`): for each output pixel and
+        group, the similarities with the (2R+1)^2 window around its parent form a K x K map
+        (one small matmul per low-res pixel); bilinear sampling of that map at the group's P
+        points (``grid_sample``, one channel) gives the logits; the softmax weights spread back
+        onto the window (:class:`_Splat`) weight the window's pixels of x (the value)."""
+        B, C, H, W = x.shape
+        sh, sw, G, P = o.shape[3:7]
+        L, T, c, K = H * W, sh * sw, C // G, 2 * R + 1
+        m = self._key_map(x, x_)
+        nk = m.shape[1]
+        # folded query per (low-res pixel, child, group): (B, L, T G, nk)
+        wf, bf = self._folded_weights()
+        y_pm = y_.reshape(B, -1, H, sh, W, sw).permute(0, 2, 4, 3, 5, 1)  # (B, H, W, sh, sw, C_y)
+        a = F.linear(y_pm, wf, bf).view(B, L, T * G, nk)
+        U = F.unfold(m, K, padding=R).view(B, nk, K * K, L).permute(0, 3, 1, 2)  # (B, L, nk, K*K)
+        corr = torch.matmul(a, U)  # (B, L, T G, K*K): the window similarities
+        # per low-res pixel, one (T G K, K) map: the T G windows stacked vertically (a free view
+        # of corr). A point in window pixels (the parent at R) never leaves its window (|o| < R),
+        # so sampling the stack reads its own window only; one image per low-res pixel keeps the
+        # normalised coordinates as precise as the definition's (align_corners=False)
+        TG = T * G
+        scale = o.new_tensor([2.0 / K, 2.0 / (TG * K)])
+        tile = torch.arange(TG, device=o.device, dtype=o.dtype)
+        shift = torch.stack([torch.full_like(tile, (2 * R + 1) / K - 1), (2 * (tile * K + R) + 1) / (TG * K) - 1], -1)
+        grid = torch.addcmul(shift.view(TG, 1, 2), o.reshape(B * L, TG, P, 2), scale).view(B * L, 1, TG * P, 2)
+        logits = F.grid_sample(corr.view(B * L, 1, TG * K, K), grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False)  # (B L, 1, 1, T G P)
+        w = torch.softmax(logits.view(B * L * TG, P), dim=1).view(B * L, 1, 1, TG * P)
+        kern = _Splat.apply(w, grid, (TG * K, K)).view(B, L, T, G, K * K)  # each window pixel's weight
+        X = F.unfold(x, K, padding=R).view(B, G, c, K * K, L).permute(0, 4, 1, 3, 2)  # (B, L, G, K*K, c)
+        out = torch.matmul(kern.transpose(2, 3), X)  # (B, L, G, T, c)
+        return out.view(B, H, W, G, sh, sw, c).permute(0, 3, 6, 1, 4, 2, 5).reshape(B, C, sh * H, sw * W)
 
     def _forward_window(self, x, x_, y_, off, R: int):
         """Window path, exact when every |offset| < R: a point's four bilinear corners lie in the
