@@ -1,6 +1,7 @@
 """The SAPA family as upsamplers: SAPA-I/B/P/G (through :class:`sapa.SAPA`) and SAPA-D."""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -277,10 +278,17 @@ class SAPADynamic(Upsampler):
         y_ = self.norm_y(y) if self.norm else y
         H, W = x.shape[-2:]
         if H and W and Hq % H == 0 and Wq % W == 0 and not torch.compiler.is_compiling():
-            o = self._pixel_major_offsets(x_, Hq // H, Wq // W)  # (B, H, W, sh, sw, G, P, 2)
+            sh, sw = Hq // H, Wq // W
+            # with a reordered conv (see _pixel_major_offsets) the window path recomputes the
+            # offsets already normalised, so the ones that pick R need no graph
+            folded = self.high_offset and sh == sw == self.scale_factor
+            with torch.no_grad() if folded else contextlib.nullcontext():
+                o = self._pixel_major_offsets(x_, sh, sw)  # (B, H, W, sh, sw, G, P, 2)
             R = self._window_radius(o)
             if R:
-                return self._forward_patches(x, x_, y_, o, R)
+                return self._forward_patches(x, x_, y_, None if folded else o, R, sh, sw)
+            if folded:
+                o = self._pixel_major_offsets(x_, sh, sw)
             off = o.permute(0, 5, 6, 1, 3, 2, 4, 7).reshape(x.shape[0], self.groups, self.points, Hq, Wq, 2)
         else:
             off = self.offsets(x_, (Hq, Wq))  # (B, G, P, H', W', 2)
@@ -289,17 +297,25 @@ class SAPADynamic(Upsampler):
                 return self._forward_window(x, x_, y_, off, R)
         return self._forward_sampled(x, x_, y_, off)
 
-    def _pixel_major_offsets(self, x_: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    def _pixel_major_offsets(self, x_: torch.Tensor, sh: int, sw: int, scale=None, shift=None) -> torch.Tensor:
         """:meth:`offsets` for H' = sh H, W' = sw W, laid out (B, H, W, sh, sw, G, P, 2): output
         pixel (h sh + i, w sw + j) at [:, h, w, i, j]. With ``high_offset`` and sh = sw = s the
-        conv's rows are reordered instead of the result (no pixel shuffle, no copy)."""
+        conv's rows are reordered instead of the result (no pixel shuffle, no copy), and
+        ``scale`` (2,) and ``shift`` (sh sw G, 2) fold ``o * scale + shift`` into its weights."""
         B, C, H, W = x_.shape
         G, P, s = self.groups, self.points, self.scale_factor
         if self.high_offset and sh == sw == s:
-            wt = self.offset.weight.view(G, P, 2, s, s, C).permute(3, 4, 0, 1, 2, 5).reshape(-1, C)
+            wt = self.offset.weight.view(G, P, 2, s, s, C).permute(3, 4, 0, 1, 2, 5)  # (s, s, G, P, 2, C)
             b = self.offset.bias
-            b = b.view(G, P, 2, s, s).permute(3, 4, 0, 1, 2).reshape(-1) if b is not None else None
-            return F.linear(x_.permute(0, 2, 3, 1), wt, b).view(B, H, W, s, s, G, P, 2)
+            b = b.view(G, P, 2, s, s).permute(3, 4, 0, 1, 2) if b is not None else None
+            if scale is not None:
+                wt = wt * scale.view(2, 1)
+                shift = shift.view(s, s, G, 1, 2)
+                b = shift.expand(s, s, G, P, 2) if b is None else torch.addcmul(shift, b, scale)
+            b = b.reshape(-1) if b is not None else None
+            return F.linear(x_.permute(0, 2, 3, 1), wt.reshape(-1, C), b).view(B, H, W, s, s, G, P, 2)
+        if scale is not None:
+            raise ValueError("scale/shift are folded only with high_offset and sh = sw = scale_factor")
         off = self.offsets(x_, (sh * H, sw * W))  # (B, G, P, H', W', 2)
         return off.reshape(B, G, P, H, sh, W, sw, 2).permute(0, 3, 5, 4, 6, 1, 2, 7).contiguous()
 
@@ -350,7 +366,7 @@ class SAPADynamic(Upsampler):
         out = (vs * w.permute(0, 2, 3, 4, 1).unsqueeze(1)).sum(2)  # (B, c, H', W', G)
         return out.permute(0, 4, 1, 2, 3).reshape(B, C, Hq, Wq)
 
-    def _forward_patches(self, x, x_, y_, o, R: int):
+    def _forward_patches(self, x, x_, y_, o, R: int, sh: int, sw: int):
         """Window path for integer ratios, exact when every |offset| < R, in low-res-pixel-major
         layout (offsets ``o`` from :meth:`_pixel_major_offsets`): for each output pixel and
         group, the similarities with the (2R+1)^2 window around its parent form a K x K map
@@ -358,7 +374,7 @@ class SAPADynamic(Upsampler):
         points (``grid_sample``, one channel) gives the logits; the softmax weights spread back
         onto the window (:class:`_Splat`) weight the window's pixels of x (the value)."""
         B, C, H, W = x.shape
-        sh, sw, G, P = o.shape[3:7]
+        G, P = self.groups, self.points
         L, T, c, K = H * W, sh * sw, C // G, 2 * R + 1
         m = self._key_map(x, x_)
         nk = m.shape[1]
@@ -373,10 +389,13 @@ class SAPADynamic(Upsampler):
         # so sampling the stack reads its own window only; one image per low-res pixel keeps the
         # normalised coordinates as precise as the definition's (align_corners=False)
         TG = T * G
-        scale = o.new_tensor([2.0 / K, 2.0 / (TG * K)])
-        tile = torch.arange(TG, device=o.device, dtype=o.dtype)
+        scale = x.new_tensor([2.0 / K, 2.0 / (TG * K)])
+        tile = torch.arange(TG, device=x.device, dtype=x.dtype)
         shift = torch.stack([torch.full_like(tile, (2 * R + 1) / K - 1), (2 * (tile * K + R) + 1) / (TG * K) - 1], -1)
-        grid = torch.addcmul(shift.view(TG, 1, 2), o.reshape(B * L, TG, P, 2), scale).view(B * L, 1, TG * P, 2)
+        if o is None:  # o * scale + shift folded into the offset conv
+            grid = self._pixel_major_offsets(x_, sh, sw, scale, shift).view(B * L, 1, TG * P, 2)
+        else:
+            grid = torch.addcmul(shift.view(TG, 1, 2), o.reshape(B * L, TG, P, 2), scale).view(B * L, 1, TG * P, 2)
         logits = F.grid_sample(corr.view(B * L, 1, TG * K, K), grid, mode="bilinear", padding_mode="zeros",
                                align_corners=False)  # (B L, 1, 1, T G P)
         w = torch.softmax(logits.view(B * L * TG, P), dim=1).view(B * L, 1, 1, TG * P)
