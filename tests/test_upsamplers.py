@@ -417,3 +417,25 @@ def test_sapa_projection_is_the_per_pixel_linear_stored_nchw(bias, channels_last
     params = [x, *lin.parameters()]
     for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("C,d,k,padding", [(3, 8, 3, 1), (3, 8, 3, 0), (5, 8, 1, 0), (12, 4, 3, 1)])
+def test_compressed_conv_is_the_two_convolutions(bias, C, d, k, padding):
+    """base.compressed_conv (one composed conv when cheaper; the compressor's bias through a
+    ones map, zero-padded like the compressed map) = conv(compressor(x)), float64, with
+    gradients of x and all four parameters."""
+    from sapa.upsamplers.base import compressed_conv
+
+    torch.manual_seed(4)
+    comp = torch.nn.Conv2d(C, d, 1, bias=bias).double()
+    w = torch.randn(7, d, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, C, 5, 6, dtype=torch.float64, requires_grad=True)
+    out = compressed_conv(x, comp, w, b, padding)
+    ref = F.conv2d(comp(x), w, b, padding=padding)
+    torch.testing.assert_close(out, ref)
+    params = [x, w, b, *comp.parameters()]
+    g = torch.randn_like(out)
+    for a, r in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, r)
