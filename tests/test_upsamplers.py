@@ -439,3 +439,23 @@ def test_compressed_conv_is_the_two_convolutions(bias, C, d, k, padding):
     g = torch.randn_like(out)
     for a, r in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
         torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("ratio", [(1, 1), (2, 2), (3, 1), (1, 4), (2, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nearest_upsample_integer_path_equals_the_index_rule(ratio, channels_last):
+    """windows.nearest_upsample_to's integer-ratio path (stacked copies) against the window
+    centre rule by index_select: values and the gradient (the sum over each pixel's copies)."""
+    from sapa.windows import window_centres
+
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    size = (4 * ratio[0], 5 * ratio[1])
+    out = sapa.nearest_upsample_to(x, size)
+    ref = x.index_select(-2, window_centres(size[0], 4)).index_select(-1, window_centres(size[1], 5))
+    assert torch.equal(out, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
