@@ -459,3 +459,26 @@ def test_nearest_upsample_integer_path_equals_the_index_rule(ratio, channels_las
     assert torch.equal(out, ref)
     g = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+def test_sapa_d_autocast_and_bfloat16():
+    """Under autocast (mixed dtypes) SAPA-D takes the grid_sample path and returns what the
+    definition returns (float32, as grid_sample runs in float32); a bfloat16 module too (the
+    window path's normalised coordinates would lose precision in bfloat16)."""
+    import copy
+
+    torch.manual_seed(6)
+    m = build_upsampler("sapa-d", 8)
+    x, y = torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 8, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, y)
+        ref = m._forward_definition(x, y)
+    assert out.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0.02, atol=0.02)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    m16 = copy.deepcopy(m).to(torch.bfloat16)
+    x16, y16 = x.detach().to(torch.bfloat16), y.to(torch.bfloat16)
+    ref32 = m._forward_definition(x.detach(), y)
+    err = (m16(x16, y16).float() - ref32).abs().max()
+    assert err <= 2 * (m16._forward_definition(x16, y16).float() - ref32).abs().max() + 1e-3

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modules import SAPA
+from ..modules import SAPA, _autocast
 from ..windows import nearest_upsample_to, window_centres
 from .base import Upsampler, _positive_int, _gather_path, reassemble
 
@@ -277,6 +277,10 @@ class SAPADynamic(Upsampler):
         x_ = self.norm_x(x) if self.norm else x
         y_ = self.norm_y(y) if self.norm else y
         H, W = x.shape[-2:]
+        if _autocast(x) or x.dtype not in (torch.float32, torch.float64):
+            # mixed dtypes (grid_sample runs in float32) or half precision: the window path's
+            # normalised coordinates on stacked windows would lose the points' precision
+            return self._forward_sampled(x, x_, y_, self.offsets(x_, (Hq, Wq)))
         if H and W and Hq % H == 0 and Wq % W == 0 and not torch.compiler.is_compiling():
             sh, sw = Hq // H, Wq // W
             # with a reordered conv (see _pixel_major_offsets) the window path recomputes the
