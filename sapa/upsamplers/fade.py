@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .._checks import check_kernel_size
 from ..windows import nearest_upsample_to

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..modules import SAPA, _autocast
 from ..windows import nearest_upsample_to, window_centres
-from .base import Upsampler, _positive_int, _gather_path, reassemble
+from .base import Upsampler, _positive_int, reassemble
 
 __all__ = ["SAPAUpsampler", "SAPADynamic"]
 
@@ -102,7 +102,8 @@ class _Splat(torch.autograd.Function):
 
 
 def _window_dot(m: torch.Tensor, a: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Dot products of per-output-pixel vectors with the window around each pixel's parent.
+    """Dot products of per-output-pixel vectors with the window around each pixel's parent
+    (the free-size window path; integer ratios run :meth:`SAPADynamic._forward_patches`).
 
     Args:
         m: (B, M, H, W) low-res map.
@@ -114,16 +115,9 @@ def _window_dot(m: torch.Tensor, a: torch.Tensor, kernel_size: int) -> torch.Ten
         ``dy*K + dx``, (r, c) = (floor(i H / H'), floor(j W / W')), zeros outside the map.
     """
     B, M, H, W = m.shape
-    G, Hq, Wq = a.shape[1], a.shape[-2], a.shape[-1]
+    Hq, Wq = a.shape[-2:]
     K = kernel_size
-    U = F.unfold(m, K, padding=K // 2).view(B, M, K * K, H, W)
-    if Hq % H == 0 and Wq % W == 0 and not _gather_path():
-        # integer ratios: per low-res pixel, one (K*K, M) @ (M, G s_h s_w) matmul
-        sh, sw = Hq // H, Wq // W
-        Ul = U.permute(0, 3, 4, 2, 1).reshape(B, H * W, K * K, M)
-        al = a.reshape(B, G, M, H, sh, W, sw).permute(0, 3, 5, 2, 1, 4, 6).reshape(B, H * W, M, G * sh * sw)
-        out = torch.matmul(Ul, al)  # (B, H W, K*K, G s_h s_w)
-        return out.view(B, H, W, K * K, G, sh, sw).permute(0, 4, 3, 1, 5, 2, 6).reshape(B, G, K * K, Hq, Wq)
+    U = F.unfold(m, K, padding=K // 2)  # (B, M K*K, H W)
     Uq = nearest_upsample_to(U.view(B, M * K * K, H, W), (Hq, Wq)).view(B, 1, M, K * K, Hq, Wq)
     return (a.unsqueeze(3) * Uq).sum(2)
 
