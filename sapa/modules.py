@@ -22,8 +22,19 @@ def channel_layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
 
 
 def _project(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """Per-pixel linear map (B, C_in, H, W) -> (B, C_out, H, W)."""
-    return linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    """Per-pixel linear map (B, C_in, H, W) -> (B, C_out, H, W), stored contiguous (NCHW).
+
+    One (C_out, C_in) @ (C_in, H W) matmul per image: x's pixels are read in place whether x
+    is stored NCHW or channels-last (the LayerNorm's output), and the result is already in the
+    layout the backends read (no copy before the kernel, none of its gradient after)."""
+    B, C, H, W = x.shape
+    xt = x.flatten(2)  # (B, C_in, H W): a view for both layouts
+    w = linear.weight.expand(B, -1, -1)
+    if linear.bias is None:
+        out = torch.bmm(w, xt)
+    else:
+        out = torch.baddbmm(linear.bias.view(1, -1, 1), w, xt)
+    return out.view(B, -1, H, W)
 
 
 def _autocast(x: torch.Tensor) -> bool:

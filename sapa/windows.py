@@ -48,7 +48,13 @@ def nearest_upsample_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     # would guard dynamic shapes and recompile; the gather below is one graph for every size)
     if not torch.compiler.is_compiling() and H > 0 and W > 0 and size[0] % H == 0 and size[1] % W == 0:
         sh, sw = size[0] // H, size[1] // W
-        return x[:, :, :, None, :, None].expand(B, C, H, sh, W, sw).reshape(B, C, size[0], size[1])
+        # stacked copies, not expand + reshape: the same values, and the backward is sh + sw
+        # vectorised adds of slices (the reduction of the expanded dims was 5x slower on a CPU)
+        if sw > 1:
+            x = torch.stack([x] * sw, dim=-1).view(B, C, H, W * sw)
+        if sh > 1:
+            x = torch.stack([x] * sh, dim=3).view(B, C, H * sh, W * sw)
+        return x
     rows = window_centres(size[0], H, x.device)
     cols = window_centres(size[1], W, x.device)
     return x.index_select(-2, rows).index_select(-1, cols)

@@ -348,3 +348,137 @@ def test_reassemble_upsamplers_compile_fullgraph():
         m = build_upsampler(name, 8)
         x, y = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 12, 12)
         torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x, y), m(x, y))
+
+
+def _sapa_d_definition(m, x, y):
+    """SAPA-D as defined (official deform_qk / deform_av): G d key channels and the values
+    read by grid_sample at the points, weights softmax over the points."""
+    w, pts = m.kernels(x, y)
+    vs = sapa.upsamplers.sapa_variants.deform_sample(x, pts, m.groups)
+    return (w.unsqueeze(2) * vs).sum(3).reshape(x.shape[0], x.shape[1], *y.shape[-2:])
+
+
+@pytest.mark.parametrize("opts", [{}, {"norm": True}, {"qkv_bias": False},
+                                  {"high_offset": False, "norm": True, "groups": 2, "points": 5}])
+@pytest.mark.parametrize("size", [(10, 12), (15, 12), (11, 13)])
+@pytest.mark.parametrize("reach,radius", [(0.7, 1), (1.6, 2), (2.5, 3), (4.0, 0)])
+def test_sapa_d_fast_paths_equal_the_definition(opts, size, reach, radius):
+    """SAPA-D's forward (window path for |offsets| < R <= 3, else one grid_sample of [x, 1])
+    against the definition, in float64: outputs and the gradients of x, y and every parameter.
+    The offset conv is scaled so that max |offset| = reach (offsets are linear in its weights)."""
+    torch.manual_seed(2)
+    m = build_upsampler("sapa-d", 8, 6, embedding_dim=5, **opts).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        scale = reach / float(m.offsets(m.norm_x(x) if m.norm else x, size).abs().max())
+        for p in m.offset.parameters():
+            p.mul_(scale)
+    off = m.offsets(m.norm_x(x) if m.norm else x, size)
+    assert m._window_radius(off) == radius
+    params = [x, y, *m.parameters()]
+    out, ref = m(x, y), _sapa_d_definition(m, x, y)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b)
+    if radius:  # the sampling path, forced, agrees too
+        m.window_radius_max = 0
+        torch.testing.assert_close(m(x, y), ref)
+
+
+def test_sapa_d_compile_fullgraph():
+    m = build_upsampler("sapa-d", 8)
+    x, y = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 12, 12)
+    torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="eager")(x, y), m(x, y))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sapa_projection_is_the_per_pixel_linear_stored_nchw(bias, channels_last):
+    """sapa.modules._project (one matmul per image) = nn.Linear on every pixel, in float64, for
+    NCHW and channels-last inputs; the result is contiguous NCHW; gradients agree."""
+    from sapa.modules import _project
+
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(6, 5, bias=bias).double()
+    x = torch.randn(2, 6, 4, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = _project(x, lin)
+    ref = lin(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    params = [x, *lin.parameters()]
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("C,d,k,padding", [(3, 8, 3, 1), (3, 8, 3, 0), (5, 8, 1, 0), (12, 4, 3, 1)])
+def test_compressed_conv_is_the_two_convolutions(bias, C, d, k, padding):
+    """base.compressed_conv (one composed conv when cheaper; the compressor's bias through a
+    ones map, zero-padded like the compressed map) = conv(compressor(x)), float64, with
+    gradients of x and all four parameters."""
+    from sapa.upsamplers.base import compressed_conv
+
+    torch.manual_seed(4)
+    comp = torch.nn.Conv2d(C, d, 1, bias=bias).double()
+    w = torch.randn(7, d, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, C, 5, 6, dtype=torch.float64, requires_grad=True)
+    out = compressed_conv(x, comp, w, b, padding)
+    ref = F.conv2d(comp(x), w, b, padding=padding)
+    torch.testing.assert_close(out, ref)
+    params = [x, w, b, *comp.parameters()]
+    g = torch.randn_like(out)
+    for a, r in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("ratio", [(1, 1), (2, 2), (3, 1), (1, 4), (2, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nearest_upsample_integer_path_equals_the_index_rule(ratio, channels_last):
+    """windows.nearest_upsample_to's integer-ratio path (stacked copies) against the window
+    centre rule by index_select: values and the gradient (the sum over each pixel's copies)."""
+    from sapa.windows import window_centres
+
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    size = (4 * ratio[0], 5 * ratio[1])
+    out = sapa.nearest_upsample_to(x, size)
+    ref = x.index_select(-2, window_centres(size[0], 4)).index_select(-1, window_centres(size[1], 5))
+    assert torch.equal(out, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+def test_sapa_d_autocast_and_bfloat16():
+    """Under autocast (mixed dtypes) SAPA-D takes the grid_sample path and returns what the
+    definition returns (float32, as grid_sample runs in float32); a bfloat16 module too (the
+    window path's normalised coordinates would lose precision in bfloat16)."""
+    import copy
+
+    torch.manual_seed(6)
+    m = build_upsampler("sapa-d", 8)
+    x, y = torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 8, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, y)
+        ref = m._forward_definition(x, y)
+    assert out.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0.02, atol=0.02)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    m16 = copy.deepcopy(m).to(torch.bfloat16)
+    x16, y16 = x.detach().to(torch.bfloat16), y.to(torch.bfloat16)
+    ref32 = m._forward_definition(x.detach(), y)
+    err = (m16(x16, y16).float() - ref32).abs().max()
+    assert err <= 2 * (m16._forward_definition(x16, y16).float() - ref32).abs().max() + 1e-3

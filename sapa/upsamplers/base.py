@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .._checks import check_kernel_size, check_tensor
 from ..windows import window_centres
 
-__all__ = ["reassemble", "Upsampler"]
+__all__ = ["reassemble", "compressed_conv", "Upsampler"]
 
 
 def _gather_path() -> bool:
@@ -79,6 +79,38 @@ def reassemble(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int) -> torc
             p = dy * K + dx
             term = kernels[:, p : p + 1] * xr.index_select(-1, cols + dx)
             out = term if out is None else out + term
+    return out
+
+
+def compressed_conv(x: torch.Tensor, compressor: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    padding: int) -> torch.Tensor:
+    """``conv2d(compressor(x), weight, bias, padding=padding)`` (a 1x1 compressor, then a k x k conv).
+
+    Args:
+        x: (B, C, H, W); compressor: 1x1 ``nn.Conv2d`` C -> d (bias or not);
+        weight: (O, d, k, k); bias: (O,) or None; padding: the k x k conv's zero padding.
+
+    Returns:
+        (B, O, H + 2 padding - k + 1, W + 2 padding - k + 1).
+
+    Both are linear, so when it costs fewer MACs (C k^2 O < C d + d k^2 O, e.g. CARAFE's and
+    FADE's 64-channel compressors on narrower features) this is one k x k conv of x with the
+    composed weight; the compressor's bias, zero-padded like the compressed map, becomes the
+    k x k conv of a ones map with the weight applied to that bias (a (1, O, H', W') term). Same
+    function, float rounding aside. Under ``FlopCounterMode`` the two convolutions run as
+    written, so :mod:`sapa.complexity` counts the published design.
+    """
+    w1 = compressor.weight
+    d, C = w1.shape[:2]
+    O, k = weight.shape[0], weight.shape[-1]
+    if C * k * k * O >= C * d + d * k * k * O or (_gather_path() and not torch.compiler.is_compiling()):
+        return F.conv2d(compressor(x), weight, bias, padding=padding)
+    w = torch.einsum("odij,dc->ocij", weight, w1[:, :, 0, 0])
+    out = F.conv2d(x, w, bias, padding=padding)
+    b1 = compressor.bias
+    if b1 is not None:
+        ones = x.new_ones(1, 1, x.shape[-2], x.shape[-1])
+        out = out + F.conv2d(ones, torch.einsum("odij,d->oij", weight, b1).unsqueeze(1), padding=padding)
     return out
 
 

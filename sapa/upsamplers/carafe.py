@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import check_kernel_size
-from .base import Upsampler, _positive_int, reassemble
+from .base import Upsampler, _positive_int, compressed_conv, reassemble
 
 __all__ = ["CARAFE"]
 
@@ -21,6 +21,8 @@ class CARAFE(Upsampler):
     neighbourhood of x around (i // s, j // s). Defaults c_m = 64, K = 5, encoder kernel 3.
     Init as mmcv: compressor xavier-uniform, encoder normal(std=0.001), zero biases.
     Params: C c_m + c_m + 9 c_m s^2 K^2 + s^2 K^2.
+    The compressor and the encoder are both linear: they run as one conv of x where that is
+    cheaper (C < c_m, :func:`~sapa.upsamplers.base.compressed_conv`).
     Equals mmcv's ``CARAFEPack`` (up_group=1) with the same weights; its keys
     ``channel_compressor`` and ``content_encoder`` map to ``compressor`` and ``encoder``
     (:func:`sapa.upsamplers.load_official_state_dict`). Beyond it: runs on any device (the mmcv
@@ -57,7 +59,8 @@ class CARAFE(Upsampler):
 
     def kernels(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised kernels (B, K^2, sH, sW) for x (B, C, H, W)."""
-        m = F.pixel_shuffle(self.encoder(self.compressor(x)), self.scale_factor)
+        m = compressed_conv(x, self.compressor, self.encoder.weight, self.encoder.bias, self.encoder.padding[0])
+        m = F.pixel_shuffle(m, self.scale_factor)
         return torch.softmax(m, dim=1)
 
     def forward(self, x, y=None):

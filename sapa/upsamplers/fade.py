@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .._checks import check_kernel_size
 from ..windows import nearest_upsample_to
-from .base import Upsampler, _positive_int, reassemble
+from .base import Upsampler, _positive_int, compressed_conv, reassemble
 
 __all__ = ["FADE"]
 
@@ -38,6 +37,8 @@ class FADE(Upsampler):
     ``xavier_init(distribution="uniform")``), W xavier-normal, b = 0, gate xavier-uniform
     with zero bias.
     Params: (C d + d) + C d + 9 d K^2 + K^2 + (C + 1) = 129 C + 14490 for d = 64, K = 5.
+    Each compressor and the 3x3 bank are both linear: they run as one 3x3 conv of y (of x)
+    where that is cheaper (C < d, :func:`~sapa.upsamplers.base.compressed_conv`).
     """
 
     name = "fade"
@@ -70,8 +71,8 @@ class FADE(Upsampler):
 
     def kernels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Normalised kernels (B, K^2, H', W') from x (B, C, H, W) and y (B, C, H', W')."""
-        m_y = F.conv2d(self.compress_y(y), self.kernel_weight, self.kernel_bias, padding=1)
-        m_x = F.conv2d(self.compress_x(x), self.kernel_weight, self.kernel_bias, padding=1)  # b again: 2b
+        m_y = compressed_conv(y, self.compress_y, self.kernel_weight, self.kernel_bias, 1)
+        m_x = compressed_conv(x, self.compress_x, self.kernel_weight, self.kernel_bias, 1)  # b again: 2b
         return torch.softmax(m_y + nearest_upsample_to(m_x, y.shape[-2:]), dim=1)
 
     def forward(self, x, y=None):
