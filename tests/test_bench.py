@@ -118,30 +118,3 @@ def test_gbps_counts_forward_plus_fused_backward_bytes():
     assert "gbps" not in by[("materialised", False)]
     assert by[("triton", False)]["gbps"] == pytest.approx(fwd / 1e-3 / 1e9)
     assert by[("triton", True)]["gbps"] == pytest.approx((fwd + bwd) / 1e-3 / 1e9)
-
-
-def test_model_steps_tiny_task():
-    res = bench.model_steps(["bilinear", "sapa-b", "sapa-d"], repeats=2,
-                            task=dict(size=16, batch_size=2, width=2, decoder_width=4))
-    assert [r["upsampler"] for r in res] == ["bilinear", "sapa-b", "sapa-d"]
-    for r in res:
-        assert r["runs"] == 2 and 0 < r["min_seconds"] <= r["seconds"] <= r["max_seconds"]
-        assert r["vs_sapa_b"] == pytest.approx(r["seconds"] / res[1]["seconds"])
-        assert r["task"]["head"] == "segformer" and r["task"]["size"] == 16 and r["task"]["stages"] == 3
-    assert res[0]["vs_bilinear"] == 1.0
-    table = bench.format_steps(res)
-    assert table.count("\n") == 3 and "x sapa-b" in table
-    with pytest.raises(ValueError, match="unknown upsampler"):
-        bench.model_steps(["nope"], repeats=1)
-    with pytest.raises(ValueError, match="not timed"):
-        bench.model_steps(["bilinear"], repeats=1, task={"epochs": 3})
-
-
-def test_cli_steps_json():
-    proc = _cli("--steps", "--upsamplers", "bilinear", "carafe", "--repeats", "1", "--step-size", "16",
-                "--step-batch", "1", "--step-width", "2", "--step-decoder-width", "4", "--json")
-    assert proc.returncode == 0, proc.stderr
-    res = json.loads(proc.stdout)
-    assert [r["upsampler"] for r in res] == ["bilinear", "carafe"] and res[1]["vs_sapa_b"] is None
-    bad = _cli("--steps", "--upsamplers", "nope", "--repeats", "1")
-    assert bad.returncode != 0 and "unknown upsampler" in bad.stderr

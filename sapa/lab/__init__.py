@@ -8,6 +8,7 @@ Its modules (``pip install sapa[book]`` brings numpy, tqdm, matplotlib and safet
 * :mod:`sapa.lab.sweep`: the stored comparisons, ``python -m sapa.lab.sweep --print-commands``;
 * :mod:`sapa.lab.mechanism`: the controlled mechanism experiment, ``python -m sapa.lab.mechanism``;
 * :mod:`sapa.lab.hf`: the trained SegFormer toy experiment of chapter 9;
+* :mod:`sapa.lab.steps`: training steps of the book's model per upsampler, ``python -m sapa.lab.steps``;
 * :mod:`sapa.lab.metrics`, :mod:`sapa.lab.stats`: segmentation metrics, paired intervals, Holm;
 * :mod:`sapa.lab.results`, :mod:`sapa.lab.checkpoint`: the stored results and models, training
   checkpoints (loading never runs code);
@@ -17,7 +18,7 @@ Submodules are imported on first attribute access (``sapa.lab.stats.paired_diffe
 """
 import importlib
 
-_SUBMODULES = ("data", "models", "train", "sweep", "mechanism", "hf", "metrics", "stats", "results",
+_SUBMODULES = ("data", "models", "train", "sweep", "mechanism", "hf", "steps", "metrics", "stats", "results",
                "checkpoint", "plotting", "profiles")
 
 
