@@ -17,8 +17,9 @@ softmax, one einsum to assemble; integer scales, softmax, zero padding). Ratios 
 the baseline of the same size, pass and thread count: ``speedup`` = baseline time / time
 (medians), ``memory_ratio`` = peak / baseline peak.
 
-* CPU: peak memory is the growth of the peak resident set (VmHWM) over the resident set just
-  before one call, measured in a fresh subprocess per case (so that it is that case's own).
+* CPU: peak memory is the peak of torch's CPU allocator during one call above what was
+  allocated before it (the profiler's memory events: every allocation, kernels' scratch
+  included; exact and repeatable), measured in a fresh subprocess per case.
 * CUDA: CUDA events, ``torch.cuda.max_memory_allocated`` above the inputs, and achieved GB/s
   against the bytes-moved model of ``sapa.traffic``.
 
@@ -100,16 +101,26 @@ def _step(method, q, k, v, K, grad):
     return out
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+def _allocator_peak(fn) -> int:
+    """Peak bytes of torch's CPU allocator during ``fn()`` above what was allocated before it,
+    from the profiler's memory events (every allocation, kernels' scratch included; exact and
+    repeatable, unlike the resident set on a busy machine)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in events:
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak
 
 
 def _peak_bytes(method, q, k, v, K, grad, cuda: bool) -> int:
-    """Peak memory of one call above what is allocated before it (after a warm-up call)."""
+    """Peak memory of one call above what is allocated before it (after a warm-up call): CUDA's
+    peak allocation on a GPU, the CPU allocator's peak (profiler memory events) on a CPU."""
     _step(method, q, k, v, K, grad)
     if cuda:
         torch.cuda.synchronize()
@@ -118,14 +129,7 @@ def _peak_bytes(method, q, k, v, K, grad, cuda: bool) -> int:
         _step(method, q, k, v, K, grad)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    try:  # reset the peak resident set so that VmHWM measures this call only
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    base = _rss_kib("VmRSS")
-    _step(method, q, k, v, K, grad)
-    return max(0, _rss_kib("VmHWM") - base) * 1024
+    return _allocator_peak(lambda: _step(method, q, k, v, K, grad))
 
 
 def run_case(method: str, B: int, C: int, d: int, H: int, scale: int, K: int, dtype: str, device: str,

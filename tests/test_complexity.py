@@ -56,9 +56,20 @@ def test_sapa_module_gate_counted():
 
 def test_other_upsamplers_countable():
     x, y = torch.randn(1, 8, 4, 4), torch.randn(1, 8, 8, 8)
-    for name in ("nearest", "bilinear", "deconv", "pixelshuffle", "dysample", "fade", "sapa-d"):
-        c = count_flops(build_upsampler(name, 8), x, y)
-        assert c["macs"] >= 0 and c["flops"] >= 0
+    C, n_out = 8, 8 * 8  # channels, output pixels
+    counts = {name: count_flops(build_upsampler(name, 8), x, y)
+              for name in ("nearest", "bilinear", "deconv", "pixelshuffle", "dysample", "fade", "sapa-d")}
+    for name, c in counts.items():
+        parts = ("counter", "weighted_sum", "similarity", "gate", "sampling")
+        assert c["macs"] == sum(c[k] for k in parts) and c["flops"] == 2 * c["macs"], name
+    assert counts["nearest"]["macs"] == 0
+    assert counts["bilinear"]["macs"] == counts["bilinear"]["sampling"] == 4 * C * n_out  # 4 taps per output
+    assert counts["pixelshuffle"]["counter"] == C * (4 * C) * 16  # 1x1 conv C -> 4C at 4 x 4
+    assert counts["dysample"]["sampling"] == 4 * C * n_out
+    n = 9 * n_out  # SAPA-D: 9 points per output pixel, G d = 4 x 32
+    assert (counts["sapa-d"]["sampling"], counts["sapa-d"]["similarity"], counts["sapa-d"]["weighted_sum"]) == (
+        4 * n * (128 + C), n * 128, n * C)
+    assert counts["fade"]["weighted_sum"] == 25 * C * n_out and counts["fade"]["macs"] > counts["sapa-d"]["macs"]
     assert count_flops(build_upsampler("deconv", 8), x)["counter"] == 16 * 8 * 8 * 16
 
 

@@ -95,7 +95,11 @@ def test_complete_seeds_verdict_and_description():
     assert stats.complete_seeds(rows, ["bilinear", "zzz"]) == []
     res = {r["setting"]: r for r in stats.paired_differences(rows, "m", settings=["a"])}
     assert res["a"]["mean"] == pytest.approx(0.1033333333)
-    assert stats.verdict(res["a"]) == ("higher" if res["a"]["p_holm"] < 0.05 else "unresolved")
+    # differences +0.10, +0.10, +0.11: t = 31 on 2 degrees of freedom, two-sided p = 0.001
+    assert res["a"]["p_holm"] == pytest.approx(0.00104, abs=5e-5) and stats.verdict(res["a"]) == "higher"
+    noisy = rows[:3] + [dict(setting="c", seed=k, m=v) for k, v in ((0, .6), (1, .5), (2, .72))]
+    (c,) = stats.paired_differences(noisy, "m", settings=["c"])  # +0.10, -0.10, +0.02: p = 0.8
+    assert c["p_holm"] > 0.5 and stats.verdict(c) == "unresolved"
     assert stats.verdict(dict(res["a"], p_holm=0.01, mean=-0.1)) == "lower"
     assert stats.verdict(dict(res["a"], p_holm=0.2)) == "unresolved"
     text = stats.describe_difference(res["a"])
