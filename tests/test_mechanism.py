@@ -131,11 +131,33 @@ def test_kernel_study(one_thread):
     assert km["same_class_mass"].shape == (CFG.size, CFG.size) and 0 <= km["scores"]["boundary_acc"] <= 1
 
 
+def test_stored_rows_keeps_the_full_profile_only(tmp_path, monkeypatch):
+    """mechanism.stored_rows: rows of the full profile's config only; a missing file says so."""
+    import csv as _csv
+
+    from sapa.lab import mechanism, results
+
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    rows, status = mechanism.stored_rows()
+    assert rows is None and "not there yet" in status and "sapa.lab.mechanism" in status
+    full = mechanism._config_id(mechanism.PROFILES["full"])
+    quick = mechanism._config_id(mechanism.PROFILES["quick"])
+    assert full != quick
+    with open(tmp_path / "mechanism.csv", "w", newline="") as f:
+        w = _csv.DictWriter(f, fieldnames=mechanism.CSV_COLUMNS)
+        w.writeheader()
+        base = {k: "0" for k in mechanism.CSV_COLUMNS}
+        for cid, seed in ((full, 0), (quick, 0), (full, 1)):
+            w.writerow(dict(base, upsampler="sapa-b", sigma="0.5", seed=seed, converged="True", config_id=cid))
+    rows, status = mechanism.stored_rows()
+    assert [(r["seed"], r["config_id"]) for r in rows] == [(0, full), (1, full)]
+    assert "2 of the 225 planned fits" in status and "1 row of other settings" in status
+
+
 # --------------------------------------------------------------------------------------
 # the chapter's analysis of the stored result, on fake rows (no stored file, no fitting)
 # --------------------------------------------------------------------------------------
 import json as _json
-import math as _math
 
 FULL_CONFIG = _json.dumps(M.PROFILES["full"].identity(), sort_keys=True)
 FULL_ID = M._config_id(M.PROFILES["full"])
@@ -306,38 +328,29 @@ def test_meta_and_status_sentences():
     assert "no fit" in M.status_sentence([])
 
 
-def test_stored_rows_missing_present_and_download_failure(tmp_path, monkeypatch):
+def test_stored_meta_missing_present_and_download_failure(tmp_path, monkeypatch):
     from sapa.lab import results
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv(results.ENV_VAR, str(tmp_path / "res"))
     (tmp_path / "res").mkdir()
-    rows, status = M.stored_rows()
-    assert rows is None and "not in this checkout" in status and "python -m sapa.lab.mechanism" in status
     meta, sentence = M.stored_meta()
-    assert meta is None and "mechanism.json" in sentence and "not there" in sentence
-    mine = fake_rows([("bilinear", 0.0, 0), ("sapa-b", 0.0, 0)])
-    other = [dict(r, config_id="x", config="{}") for r in fake_rows([("sapa-b", 1.0, 0)])]
-    for r in mine + other:
-        M._append(tmp_path / "res" / "mechanism.csv", r)
+    assert meta is None and "`mechanism.json`, is not there" in sentence and "python -m sapa.lab.mechanism" in sentence
+    (tmp_path / "res" / "mechanism.json").write_text("{not json")
+    assert M.stored_meta()[0] is None
     (tmp_path / "res" / "mechanism.json").write_text(_json.dumps({"command": "c", "seconds": 12.0}))
-    rows, status = M.stored_rows()
-    assert [(r["upsampler"], r["sigma"]) for r in rows] == [("bilinear", 0.0), ("sapa-b", 0.0)]
-    assert "2 of the 225 planned fits" in status and "1 row with other settings left out" in status
     meta, sentence = M.stored_meta()
     assert meta["seconds"] == 12.0 and "`c`" in sentence and "12 s of wall time" in sentence
-    # no checkout and the download fails
+    # no checkout and the download fails: the reason is named
     monkeypatch.delenv(results.ENV_VAR)
     monkeypatch.setattr(results, "results_dir", lambda start=None: None)
 
     def fail(*a, **k):
-        raise OSError("offline")
+        raise results.StoredFileUnavailable("mechanism.json", "download", "offline", "https://example")
 
-    import urllib.request
-
-    monkeypatch.setattr(urllib.request, "urlopen", fail)
-    rows, status = M.stored_rows()
-    assert rows is None and "could not be downloaded" in status and "offline" in status
+    monkeypatch.setattr(results, "stored_file", fail)
+    meta, sentence = M.stored_meta()
+    assert meta is None and "could not be downloaded" in sentence and "offline" in sentence
 
 
 def test_kernel_mass_table_box_reference():

@@ -381,6 +381,38 @@ def summarize(rows: Sequence[Dict], metric: str) -> Dict[str, Dict[float, Tuple[
                 for s, v in sorted(d.items())} for u, d in acc.items()}
 
 
+def stored_rows(start=None) -> Tuple[Optional[List[Dict]], str]:
+    """The stored mechanism experiment for a chapter: ``(rows, status)``.
+
+    ``rows``: the rows of ``book/results/mechanism.csv`` (:func:`sapa.lab.results.stored_file`)
+    of the full profile's settings (``config_id``), or None when the file cannot be had;
+    ``status``: one Markdown sentence saying what the file holds, or why it is not there.
+    """
+    from .results import StoredFileUnavailable, stored_file, unavailable_sentence
+
+    command = "python -m sapa.lab.mechanism --out book/results/mechanism.csv --workers 2"
+    try:
+        path = stored_file("mechanism.csv", start)
+    except StoredFileUnavailable as e:
+        return None, unavailable_sentence(e, command)
+    want = _config_id(PROFILES["full"])
+    rows = read_rows(path)
+    kept = [r for r in rows if r.get("config_id") == want]
+    seen = set()
+    for r in kept:
+        key = (r["upsampler"], float(r["sigma"]), int(r["seed"]))
+        if key in seen:
+            raise ValueError(f"mechanism.csv: two rows of the stored settings for (upsampler, sigma, seed) = {key}")
+        seen.add(key)
+    cfg = PROFILES["full"]
+    planned = len(cfg.upsamplers) * len(cfg.sigmas) * len(cfg.seeds)
+    status = f"The stored `mechanism.csv` holds {len(kept)} of the {planned} planned fits"
+    if len(rows) > len(kept):
+        k = len(rows) - len(kept)
+        status += f" ({k} row{'s' if k != 1 else ''} of other settings left out)"
+    return kept, status + "."
+
+
 def _machine() -> str:
     return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
@@ -505,34 +537,6 @@ def format_value(value: float, digits: int = 1, signed: bool = False) -> str:
     return ("-" if v < 0 else ("+" if signed else "")) + text
 
 
-def stored_rows(download: Optional[bool] = None) -> Tuple[Optional[List[Dict]], str]:
-    """The stored mechanism result: ``(rows, status)``.
-
-    ``rows``: the rows of ``book/results/mechanism.csv`` (:func:`read_rows`) made with the full
-    profile's settings (its ``config_id``), or None when the file cannot be had. ``status``: a
-    Markdown sentence saying what is there (fits, complete seeds) or why nothing is (not in the
-    checkout, or could not be downloaded), with the command that writes the file.
-    ``download`` is passed to :func:`sapa.lab.results.stored_file` (default: fetch only
-    without a checkout).
-    """
-    from .results import results_dir, stored_file
-
-    cmd = _command()
-    try:
-        path = stored_file(STORED_CSV, download=download)
-    except FileNotFoundError as e:
-        skipped = f"so the stored figures and verdicts are skipped; `{cmd}` writes it."
-        if "fetching" in str(e):
-            return None, f"The stored file `{STORED_CSV}` could not be downloaded ({e}), {skipped}"
-        if results_dir() is None:
-            return None, f"The stored file `{STORED_CSV}` is not here (no checkout, and no download), {skipped}"
-        return None, f"The stored file `{STORED_CSV}` is not in this checkout's `book/results` yet, {skipped}"
-    cid = _config_id(PROFILES["full"])
-    every = read_rows(path)
-    rows = [r for r in every if r["config_id"] == cid]
-    return rows, status_sentence(rows, len(every) - len(rows))
-
-
 def status_sentence(rows: Sequence[Dict], other: int = 0, cfg: Optional[MechanismConfig] = None) -> str:
     """What a list of stored rows (one config) holds, as a Markdown sentence: fits out of the
     planned ones, the complete seeds (every upsampler at every sigma of ``cfg``, default the
@@ -566,13 +570,18 @@ def stored_meta(download: Optional[bool] = None) -> Tuple[Optional[Dict], str]:
     ``sentence``: Markdown naming the command as run and its wall time, or saying that the
     record is absent (and so the wall time unknown).
     """
-    from .results import stored_file
+    from .results import StoredFileUnavailable, stored_file, unavailable_sentence
 
+    absent = (f"The record of the invocations, `{STORED_JSON}`, is not there, so the command as run and its "
+              f"wall time are not known here; `{_command()}` writes it beside the CSV.")
     try:
         meta = json.loads(stored_file(STORED_JSON, download=download).read_text())
+    except StoredFileUnavailable as e:
+        return None, unavailable_sentence(e) if e.reason == "download" else absent
     except (FileNotFoundError, ValueError):
-        return None, (f"The record of the invocations, `{STORED_JSON}`, is not there, so the command as run and "
-                      f"its wall time are not known here; `{_command()}` writes it beside the CSV.")
+        return None, absent
+    if not isinstance(meta, dict) or "command" not in meta or "seconds" not in meta:
+        return None, absent
     return meta, meta_sentence(meta)
 
 
