@@ -197,6 +197,10 @@ def test_plural_join_and_format_value():
         assert t not in ("0.0", "+0.0", "-0.0") and "(s)" not in t
     with pytest.raises(ValueError, match="value"):
         M.format_value(float("nan"))
+    assert "one complete seed" in M.result_phrase(1) and "over 3 seeds" in M.result_phrase(3)
+    assert "once it is there" in M.result_phrase(0, available=False) and "once a seed" in M.result_phrase(0)
+    with pytest.raises(ValueError, match="n_seeds"):
+        M.result_phrase(-1)
     assert M.format_duration(45) == "45 s" and M.format_duration(1021) == "17 min" and M.format_duration(3 * 3600) == "3.0 h"
 
 
@@ -322,10 +326,14 @@ def test_meta_and_status_sentences():
     with pytest.raises(ValueError, match="meta"):
         M.meta_sentence({"seconds": 1})
     rows = fake_rows([(u, s, 0) for u in M.UPSAMPLERS for s in M.PROFILES["full"].sigmas])
-    st = M.status_sentence(rows, other=1)
-    assert "75 of the 225 planned fits" in st and "1 row with other settings" in st and "1 seed is complete" in st
-    assert "adds the missing fits" in st
-    assert "no fit" in M.status_sentence([])
+    st = M.status_sentence(rows)
+    assert "15 upsamplers" in st and "1 seed is complete" in st and ": 0." in st and "adds the missing fits" in st
+    st = M.status_sentence(rows[:-1] + fake_rows([(u, s, 1) for u in M.UPSAMPLERS for s in M.PROFILES["full"].sigmas]))
+    assert "1 seed is complete" in st and ": 1." in st
+    assert "no seed is complete" in M.status_sentence([])
+    every = fake_rows([(u, s, sd) for u in M.UPSAMPLERS for s in M.PROFILES["full"].sigmas for sd in (0, 1, 2)])
+    st = M.status_sentence(every)
+    assert "3 seeds are complete" in st and "0, 1 and 2." in st and "adds" not in st
 
 
 def test_stored_meta_missing_present_and_download_failure(tmp_path, monkeypatch):

@@ -12,10 +12,11 @@ A controlled problem where the right answer is known and no upsampler can copy i
   (noise energy sigma^2 per pixel against signal energy ~1).
 
 Every upsampler ``up`` is fitted alone (only its own parameters) to ``up(X, Y) ~ T`` by Adam
-on a fixed training set, **to convergence**: training stops when the training loss has not
-improved on its best by more than ``rel_tol`` (relative) for ``patience`` consecutive
-steps (full profile: no 1 % improvement in 40 steps), or after ``max_steps`` (then
-``converged = False`` is recorded). It is scored on a fresh test set:
+on a fixed training set until the loss settles or a step limit is reached: training stops
+when the training loss has not improved on its best by more than ``rel_tol`` (relative) for
+``patience`` consecutive steps (full profile: no 1 % improvement in 40 steps; then
+``converged = True``), or after ``max_steps`` (then ``converged = False`` is recorded: not
+every fit converges, :func:`fit_summary` counts them). It is scored on a fresh test set:
 
 * ``region_error``: relative squared error ``sum |out - T|^2 / sum |T|^2`` over the
   *interior* pixels (whose 3 x 3 label neighbourhood is one class): smoothness, the
@@ -65,7 +66,7 @@ __all__ = ["MechanismConfig", "PROFILES", "make_problem", "fit_upsampler", "eval
            "selection_sentence", "fit_summary", "convergence_sentence", "cost_sentence", "flat_upsamplers",
            "compare_to_baseline", "smooth_and_sharp", "smooth_sharp_text", "high_noise_verdict", "score_table",
            "plot_stored", "plot_kernel_study", "kernel_mass_table", "format_value", "format_duration", "plural",
-           "join_names", "describe"]
+           "join_names", "describe", "result_phrase"]
 
 #: upsamplers of the full experiment (all of sapa's, in the chapter's order)
 UPSAMPLERS = ("nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "indexnet-hin", "indexnet-m2o",
@@ -537,28 +538,22 @@ def format_value(value: float, digits: int = 1, signed: bool = False) -> str:
     return ("-" if v < 0 else ("+" if signed else "")) + text
 
 
-def status_sentence(rows: Sequence[Dict], other: int = 0, cfg: Optional[MechanismConfig] = None) -> str:
-    """What a list of stored rows (one config) holds, as a Markdown sentence: fits out of the
-    planned ones, the complete seeds (every upsampler at every sigma of ``cfg``, default the
-    full profile) and the command that adds the missing fits. ``other``: rows with other
-    settings that were left out."""
+def status_sentence(rows: Sequence[Dict], cfg: Optional[MechanismConfig] = None) -> str:
+    """Which seeds of stored rows (one config, e.g. :func:`stored_rows`) are complete (every
+    upsampler of ``cfg``, default the full profile, at every sigma), as a Markdown sentence,
+    with the command that adds the missing fits when some are missing."""
     cfg = cfg or PROFILES["full"]
-    cmd = _command()
     planned = len(cfg.upsamplers) * len(cfg.sigmas) * len(cfg.seeds)
-    extra = f" ({plural(other, 'row')} with other settings left out)" if other else ""
-    if not rows:
-        return f"The stored file `{STORED_CSV}` holds no fit with the chapter's settings yet{extra}; `{cmd}` writes them."
     seeds = complete_seeds(rows, cfg.upsamplers, cfg.sigmas)
-    text = (f"The stored file `{STORED_CSV}` holds {len(rows)} of the {planned} planned fits{extra} "
-            f"({len(cfg.upsamplers)} upsamplers, σ = {', '.join(f'{s:g}' for s in cfg.sigmas)}, "
-            f"seeds {join_names([str(s) for s in cfg.seeds])}); ")
+    text = (f"The plan: {len(cfg.upsamplers)} upsamplers, σ = {', '.join(f'{s:g}' for s in cfg.sigmas)}, "
+            f"seeds {join_names([str(s) for s in cfg.seeds])}; ")
     if not seeds:
         text += "no seed is complete yet (every upsampler at every noise level)"
     else:
         text += (f"{plural(len(seeds), 'seed')} {'is' if len(seeds) == 1 else 'are'} complete "
                  f"(every upsampler at every noise level): {join_names([str(s) for s in seeds])}")
     if len(rows) < planned:
-        text += f". `{cmd}` adds the missing fits (it resumes where the stored runs stopped)"
+        text += f". `{_command()}` adds the missing fits (it resumes where the stored runs stopped)"
     return text + "."
 
 
@@ -914,6 +909,20 @@ def high_noise_verdict(rows: Sequence[Dict], upsamplers: Sequence[str], sigma: f
     return text + f"worse than {nm(baseline)} {verb}: " + join_names(parts) + "."
 
 
+def result_phrase(n_seeds: int, available: bool = True) -> str:
+    """How the chapter refers to the stored result, true to its state: over ``n_seeds``
+    complete seeds, one, none, or not there (``available`` False)."""
+    if not isinstance(n_seeds, int) or n_seeds < 0:
+        raise ValueError(f"n_seeds must be a non-negative int, got {n_seeds!r}")
+    if not available:
+        return "the stored result, once it is there"
+    if n_seeds == 0:
+        return "the stored result, once a seed is complete"
+    if n_seeds == 1:
+        return "the stored result above (one complete seed so far, so no interval yet)"
+    return f"the stored result above, over {n_seeds} seeds"
+
+
 def score_table(rows: Sequence[Dict], upsamplers: Sequence[str], sigmas: Sequence[float],
                 names: Optional[Dict[str, str]] = None) -> Tuple[List[str], List[List[str]], str]:
     """``(header, body, caption)`` of the chapter's table: region error and boundary accuracy (both
@@ -947,10 +956,11 @@ def score_table(rows: Sequence[Dict], upsamplers: Sequence[str], sigmas: Sequenc
 def plot_stored(rows: Sequence[Dict], groups: Dict[str, Sequence[str]], names: Optional[Dict[str, str]] = None,
                 baseline: str = "bilinear"):
     """The stored result against sigma, one row of panels per group of upsamplers (``groups``:
-    {title: upsamplers}), two panels per row: region error (log scale) and boundary accuracy;
+    {title: upsamplers}), two panels per row: region error (%, log scale) and boundary accuracy (%);
     ``baseline`` is drawn first (the same colour) in every row, each row has its legend below.
     ``rows``: one seed set (:func:`select_complete`). Returns the Figure."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from .plotting import BOOK_WIDTH, mechanism_plot
 
@@ -964,8 +974,12 @@ def plot_stored(rows: Sequence[Dict], groups: Dict[str, Sequence[str]], names: O
         ups = [baseline] + [u for u in ups if u != baseline and u in present]
         mechanism_plot(rows, ups, "region_error", ax=axes[i, 0], names=names, log=True)
         mechanism_plot(rows, ups, "boundary_acc", ax=axes[i, 1], names=names)
-        axes[i, 0].set_ylabel("region error (log)")
-        axes[i, 1].set_ylabel("boundary accuracy")
+        axes[i, 0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes[i, 0].yaxis.set_minor_formatter(NullFormatter())
+        for ax in axes[i]:
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}"))
+        axes[i, 0].set_ylabel("region error (%, log)")
+        axes[i, 1].set_ylabel("boundary accuracy (%)")
         axes[i, 0].set_title(f"{title}: region error")
         axes[i, 1].set_title(f"{title}: boundary accuracy")
         for ax in axes[i]:
