@@ -292,11 +292,12 @@ def test_smooth_and_sharp_and_the_high_noise_verdict():
     # one seed: no interval, the values and the ratio instead
     one = [r for r in rows if r["seed"] == 0]
     assert M.smooth_and_sharp(one, ups, sig)["always"] is None
-    assert "one complete seed (seed 0)" in M.smooth_sharp_text(M.smooth_and_sharp(one, ups, sig))
+    assert "share one complete seed (seed 0)" in M.smooth_sharp_text(M.smooth_and_sharp(one, ups, sig))
+    assert "seed 0, the one seed shown" in M.high_noise_verdict(one, ups, 4.0)
     v1 = M.high_noise_verdict(one, ups, 4.0, names=names)
     assert "no interval" in v1 and "SAPA-B" in v1 and "times as large" in v1 and "SAPA-G (" not in v1
     assert "no stored fit" in M.high_noise_verdict([], ups, 4.0)
-    assert "no complete seed" in M.smooth_sharp_text(M.smooth_and_sharp([], ups, sig))
+    assert "no seed is complete" in M.smooth_sharp_text(M.smooth_and_sharp([], ups, sig))
     # nothing worse: says so
     good_only = [r for r in rows if r["upsampler"] in ("bilinear", "sapa-g")]
     assert "no upsampler is worse" in M.high_noise_verdict(good_only, ("bilinear", "sapa-g"), 4.0)

@@ -827,8 +827,9 @@ def smooth_sharp_text(summary: Dict, names: Optional[Dict[str, str]] = None, bas
     n, fam = summary["n"], summary["family"]
     base = names.get(baseline, baseline)
     if n < 2:
-        have = "no complete seed" if n == 0 else f"one complete seed (seed {summary['seeds'][0]})"
-        return (f"There is {have} so far, and a paired interval needs two, so this verdict waits for the stored "
+        have = ("no seed is complete for the upsamplers" if n == 0 else
+                f"the upsamplers shown share one complete seed (seed {summary['seeds'][0]})")
+        return (f"So far {have}, and a paired interval needs two, so this verdict waits for the stored "
                 f"fits; `{_command()}` adds them.")
     lines = [f"Both smooth and sharp, against {base}, at each noise level ({plural(n, 'seed')}, Holm over "
              f"{plural(len(fam), 'upsampler')} per score and level):", ""]
@@ -873,7 +874,7 @@ def high_noise_verdict(rows: Sequence[Dict], upsamplers: Sequence[str], sigma: f
         worse = [u for u in upsamplers if u != baseline and u in val["region_error"]
                  and val["region_error"][u] >= ratio * r0 and val["boundary_acc"][u] < a0]
         worse.sort(key=lambda u: -val["region_error"][u])
-        text = (f"{at}, on the one complete seed (seed {seeds[0]}, so no interval yet), {nm(baseline)} has a region "
+        text = (f"{at}, on seed {seeds[0]}, the one seed shown so far (so no interval yet), {nm(baseline)} has a region "
                 f"error of {format_value(100 * r0, 2)} % and a boundary accuracy of {format_value(100 * a0)} %. ")
         if not worse:
             return text + (f"No upsampler has at least {ratio:g} times its region error and a lower boundary "
@@ -881,7 +882,7 @@ def high_noise_verdict(rows: Sequence[Dict], upsamplers: Sequence[str], sigma: f
 
         def times(u):
             q = val["region_error"][u] / r0
-            return f"{q:.1f}" if q < 10 else f"{q:.0f}"
+            return f"{q:.1f}" if q < 9.95 else f"{q:.0f}"
 
         parts = [f"{nm(u)} ({format_value(100 * val['region_error'][u], 2)} %, {times(u)} times as large; "
                  f"{format_value(100 * val['boundary_acc'][u])} %)" for u in worse]
@@ -974,7 +975,11 @@ def plot_stored(rows: Sequence[Dict], groups: Dict[str, Sequence[str]], names: O
         ups = [baseline] + [u for u in ups if u != baseline and u in present]
         mechanism_plot(rows, ups, "region_error", ax=axes[i, 0], names=names, log=True)
         mechanism_plot(rows, ups, "boundary_acc", ax=axes[i, 1], names=names)
-        axes[i, 0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        lo, hi = axes[i, 0].get_ylim()
+        subs = (1.0, 2.0, 5.0)
+        if sum(lo <= t <= hi for t in LogLocator(subs=subs).tick_values(lo, hi)) < 2:  # a narrow range
+            subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+        axes[i, 0].yaxis.set_major_locator(LogLocator(subs=subs))
         axes[i, 0].yaxis.set_minor_formatter(NullFormatter())
         for ax in axes[i]:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}"))
