@@ -12,10 +12,11 @@ A controlled problem where the right answer is known and no upsampler can copy i
   (noise energy sigma^2 per pixel against signal energy ~1).
 
 Every upsampler ``up`` is fitted alone (only its own parameters) to ``up(X, Y) ~ T`` by Adam
-on a fixed training set, **to convergence**: training stops when the training loss has not
-improved on its best by more than ``rel_tol`` (relative) for ``patience`` consecutive
-steps (full profile: no 1 % improvement in 40 steps), or after ``max_steps`` (then
-``converged = False`` is recorded). It is scored on a fresh test set:
+on a fixed training set until the loss settles or a step limit is reached: training stops
+when the training loss has not improved on its best by more than ``rel_tol`` (relative) for
+``patience`` consecutive steps (full profile: no 1 % improvement in 40 steps; then
+``converged = True``), or after ``max_steps`` (then ``converged = False`` is recorded: not
+every fit converges, :func:`fit_summary` counts them). It is scored on a fresh test set:
 
 * ``region_error``: relative squared error ``sum |out - T|^2 / sum |T|^2`` over the
   *interior* pixels (whose 3 x 3 label neighbourhood is one class): smoothness, the
@@ -59,7 +60,13 @@ import torch.nn.functional as F
 from ._parallel import sigterm_as_interrupt, stop_pool
 
 __all__ = ["MechanismConfig", "PROFILES", "make_problem", "fit_upsampler", "evaluate", "kernel_maps",
-           "kernel_study", "run", "read_rows", "summarize", "stored_rows", "main", "CSV_COLUMNS"]
+           "kernel_study", "run", "read_rows", "summarize", "main", "CSV_COLUMNS",
+           # the chapter's analysis of the stored result
+           "stored_rows", "stored_meta", "status_sentence", "meta_sentence", "complete_seeds", "select_complete",
+           "selection_sentence", "fit_summary", "convergence_sentence", "cost_sentence", "flat_upsamplers",
+           "compare_to_baseline", "smooth_and_sharp", "smooth_sharp_text", "high_noise_verdict", "score_table",
+           "plot_stored", "plot_kernel_study", "kernel_mass_table", "format_value", "format_duration", "plural",
+           "join_names", "describe", "result_phrase"]
 
 #: upsamplers of the full experiment (all of sapa's, in the chapter's order)
 UPSAMPLERS = ("nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "indexnet-hin", "indexnet-m2o",
@@ -477,3 +484,602 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------
+# the chapter's analysis of the stored result (chapter 7): loading, the seeds a figure may
+# use, costs, "smooth and sharp", the verdicts at the highest noise level, kernel tables
+# --------------------------------------------------------------------------------------
+#: the file names of the stored result and of its invocations' record (in book/results)
+STORED_CSV = "mechanism.csv"
+STORED_JSON = "mechanism.json"
+
+
+def _command() -> str:
+    from .sweep import stored_command
+
+    return stored_command("mechanism")
+
+
+def plural(n: int, word: str, many: Optional[str] = None) -> str:
+    """``"1 seed"``, ``"2 seeds"``: ``n`` and ``word`` pluralised by count (``many``: the plural
+    when it is not ``word + "s"``)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {n!r}")
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def join_names(names: Sequence[str]) -> str:
+    """``"A"``, ``"A and B"``, ``"A, B and C"``; ``"none"`` for an empty list."""
+    names = [str(n) for n in names]
+    if not names:
+        return "none"
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def format_value(value: float, digits: int = 1, signed: bool = False) -> str:
+    """``value`` with ``digits`` decimals, more (up to 3 more) when a nonzero value would print
+    as zero, and ``"< 0.001"``-style text (``"> -0.001"`` when negative) beyond that. Never
+    prints ``-0.0``; ``signed`` puts ``+`` before positive values (a true zero: ``0.0``)."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"value must be finite, got {value!r}")
+    if not isinstance(digits, int) or digits < 0:
+        raise ValueError(f"digits must be a non-negative int, got {digits!r}")
+    d = digits
+    while v != 0 and round(abs(v), d) == 0 and d < digits + 3:
+        d += 1
+    if v != 0 and round(abs(v), d) == 0:
+        bound = f"{10.0 ** -d:.{d}f}"
+        return f"< {bound}" if v > 0 else f"> -{bound}"
+    if v == 0:
+        return f"{0:.{digits}f}"
+    text = f"{abs(v):.{d}f}"
+    return ("-" if v < 0 else ("+" if signed else "")) + text
+
+
+def status_sentence(rows: Sequence[Dict], cfg: Optional[MechanismConfig] = None) -> str:
+    """Which seeds of stored rows (one config, e.g. :func:`stored_rows`) are complete (every
+    upsampler of ``cfg``, default the full profile, at every sigma), as a Markdown sentence,
+    with the command that adds the missing fits when some are missing."""
+    cfg = cfg or PROFILES["full"]
+    planned = len(cfg.upsamplers) * len(cfg.sigmas) * len(cfg.seeds)
+    seeds = complete_seeds(rows, cfg.upsamplers, cfg.sigmas)
+    text = (f"The plan: {len(cfg.upsamplers)} upsamplers, σ = {', '.join(f'{s:g}' for s in cfg.sigmas)}, "
+            f"seeds {join_names([str(s) for s in cfg.seeds])}; ")
+    if not seeds:
+        text += "no seed is complete yet (every upsampler at every noise level)"
+    else:
+        text += (f"{plural(len(seeds), 'seed')} {'is' if len(seeds) == 1 else 'are'} complete "
+                 f"(every upsampler at every noise level): {join_names([str(s) for s in seeds])}")
+    if len(rows) < planned:
+        text += f". `{_command()}` adds the missing fits (it resumes where the stored runs stopped)"
+    return text + "."
+
+
+def stored_meta(download: Optional[bool] = None) -> Tuple[Optional[Dict], str]:
+    """The record of the stored runs' invocations, ``mechanism.json``: ``(meta, sentence)``.
+
+    ``meta``: the parsed JSON (keys ``command``, ``seconds`` (the sum of the invocations' wall
+    times), ``date``, ``machine``, ``invocations``, ...) or None when it is absent or unreadable.
+    ``sentence``: Markdown naming the command as run and its wall time, or saying that the
+    record is absent (and so the wall time unknown).
+    """
+    from .results import StoredFileUnavailable, stored_file, unavailable_sentence
+
+    absent = (f"The record of the invocations, `{STORED_JSON}`, is not there, so the command as run and its "
+              f"wall time are not known here; `{_command()}` writes it beside the CSV.")
+    try:
+        meta = json.loads(stored_file(STORED_JSON, download=download).read_text())
+    except StoredFileUnavailable as e:
+        return None, unavailable_sentence(e) if e.reason == "download" else absent
+    except (FileNotFoundError, ValueError):
+        return None, absent
+    if not isinstance(meta, dict) or "command" not in meta or "seconds" not in meta:
+        return None, absent
+    return meta, meta_sentence(meta)
+
+
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"17 min"``, ``"2.3 h"``: a duration in the unit that reads best."""
+    s = float(seconds)
+    if not math.isfinite(s) or s < 0:
+        raise ValueError(f"seconds must be a finite non-negative number, got {seconds!r}")
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _tidy_machine(text: str) -> str:
+    """Older records write "1 thread(s)" / "2 worker process(es)": pluralise them by count."""
+    import re
+
+    text = re.sub(r"\b(\d+) thread\(s\)", lambda m: plural(int(m.group(1)), "thread"), text)
+    return re.sub(r"\b(\d+) worker process\(es\)",
+                  lambda m: plural(int(m.group(1)), "worker process", "worker processes"), text)
+
+
+def meta_sentence(meta: Dict) -> str:
+    """One Markdown sentence from a ``mechanism.json`` record: the command, the number of
+    invocations, the total wall time, the last date and the machine."""
+    if not isinstance(meta, dict) or "command" not in meta or "seconds" not in meta:
+        raise ValueError(f"meta must be a mechanism.json record with 'command' and 'seconds', got {meta!r}")
+    inv = meta.get("invocations") or [meta]
+    text = (f"The record `{STORED_JSON}` lists {plural(len(inv), 'invocation')} of `{meta['command']}`, "
+            f"{format_duration(meta['seconds'])} of wall time in all")
+    if meta.get("date"):
+        text += f" (the last on {meta['date']}"
+        text += f", on {_tidy_machine(meta['machine'])})" if meta.get("machine") else ")"
+    if any(i.get("interrupted") for i in inv):
+        text += "; an interrupted invocation keeps its finished fits, and a rerun resumes"
+    return text + "."
+
+
+def complete_seeds(rows: Sequence[Dict], upsamplers: Sequence[str], sigmas: Sequence[float]) -> List[int]:
+    """The seeds (sorted) that have a row for every (upsampler, sigma) of ``upsamplers`` x ``sigmas``.
+
+    A figure or a paired comparison over these seeds never mixes seed sets (a mean at one sigma
+    over seeds 0 and 1 next to a mean at another over seed 0 alone would put bends into lines
+    that are flat). Empty when ``upsamplers`` or ``sigmas`` is empty.
+    """
+    want = {(u, float(s)) for u in upsamplers for s in sigmas}
+    if not want:
+        return []
+    have: Dict[int, set] = {}
+    for r in rows:
+        have.setdefault(int(r["seed"]), set()).add((r["upsampler"], float(r["sigma"])))
+    return sorted(sd for sd, cells in have.items() if want <= cells)
+
+
+def select_complete(rows: Sequence[Dict], upsamplers: Sequence[str], sigmas: Sequence[float]) -> Dict:
+    """The largest consistent part of ``rows`` to show: one seed set, complete for every
+    (upsampler, sigma) shown.
+
+    Chooses the upsamplers first (as many as possible), then the seeds (as many as possible
+    that have every shown upsampler at every sigma; ties: the lower seeds). With every upsampler
+    complete on some seed this is all ``upsamplers`` over :func:`complete_seeds`.
+
+    Returns dict ``seeds`` (sorted list), ``upsamplers`` (in the given order), ``left_out``
+    (upsamplers not shown: a fit missing at some sigma on the chosen seeds) and ``rows``
+    (the rows of those seeds, upsamplers and sigmas, in the input order).
+    """
+    upsamplers, sig = list(upsamplers), [float(s) for s in sigmas]
+    if len(set(upsamplers)) != len(upsamplers):
+        raise ValueError(f"upsamplers must be distinct, got {upsamplers}")
+    cells: Dict[int, set] = {}
+    for r in rows:
+        cells.setdefault(int(r["seed"]), set()).add((r["upsampler"], float(r["sigma"])))
+    full = {sd: frozenset(u for u in upsamplers if all((u, s) in c for s in sig)) for sd, c in cells.items()}
+    best = (0, 0, ()), frozenset(), []
+    for sd in sorted(full):
+        ups = full[sd]
+        seeds = [k for k in sorted(full) if ups <= full[k]]
+        key = (len(ups), len(seeds), tuple(-k for k in seeds))
+        if ups and key > best[0]:
+            best = key, ups, seeds
+    _, ups, seeds = best
+    shown = [u for u in upsamplers if u in ups]
+    keep = [r for r in rows if int(r["seed"]) in seeds and r["upsampler"] in ups and float(r["sigma"]) in sig]
+    return {"seeds": list(seeds), "upsamplers": shown, "left_out": [u for u in upsamplers if u not in ups],
+            "rows": keep}
+
+
+def selection_sentence(selection: Dict, names: Optional[Dict[str, str]] = None) -> str:
+    """What :func:`select_complete` kept, as one Markdown sentence for a figure or a table."""
+    names = names or {}
+    seeds, left = selection["seeds"], selection["left_out"]
+    if not seeds:
+        return "No stored fit can be shown yet."
+    text = (f"The figure and the table use {'seed' if len(seeds) == 1 else 'seeds'} "
+            f"{join_names([str(s) for s in seeds])}, complete for every upsampler shown at every noise level")
+    if left:
+        text += (f"; left out until their fits on {'this seed' if len(seeds) == 1 else 'these seeds'} are stored: "
+                 + join_names([names.get(u, u) for u in left]))
+    return text + "."
+
+
+def fit_summary(rows: Sequence[Dict]) -> Dict:
+    """Convergence and cost of a list of mechanism rows.
+
+    Returns dict ``fits`` (rows), ``fitted`` (rows with parameters, i.e. trained), ``converged``
+    (of those, the fits that stopped because the loss settled), ``share`` (converged / fitted,
+    None without fitted rows), ``stopped`` ({upsampler: count} of fits that hit the step limit),
+    ``max_steps`` (the step limit(s) of the rows' configs, sorted), ``cpu_seconds`` (the sum of
+    ``fit_cpu_seconds``) and ``cpu_by_upsampler`` ({upsampler: mean fit_cpu_seconds}).
+    """
+    rows = list(rows)
+    fitted = [r for r in rows if int(r["params"]) > 0]
+    stopped: Dict[str, int] = {}
+    for r in fitted:
+        if not r["converged"]:
+            stopped[r["upsampler"]] = stopped.get(r["upsampler"], 0) + 1
+    limits = sorted({int(json.loads(r["config"])["max_steps"]) for r in rows if r.get("config")})
+    by: Dict[str, List[float]] = {}
+    for r in rows:
+        by.setdefault(r["upsampler"], []).append(float(r["fit_cpu_seconds"]))
+    conv = sum(1 for r in fitted if r["converged"])
+    return {"fits": len(rows), "fitted": len(fitted), "converged": conv,
+            "share": conv / len(fitted) if fitted else None, "stopped": stopped, "max_steps": limits,
+            "cpu_seconds": sum(float(r["fit_cpu_seconds"]) for r in rows),
+            "cpu_by_upsampler": {u: sum(v) / len(v) for u, v in by.items()}}
+
+
+def convergence_sentence(summary: Dict, names: Optional[Dict[str, str]] = None) -> str:
+    """The share of converged fits of :func:`fit_summary`, and which stopped at the step limit."""
+    names = names or {}
+    n, c = summary["fitted"], summary["converged"]
+    if not n:
+        return "No stored fit has parameters to train yet."
+    limit = join_names([str(m) for m in summary["max_steps"]]) or "the"
+    text = (f"Of the {plural(n, 'stored fit')} with parameters, {c} ({100 * c / n:.0f} %) converged "
+            f"(the training loss stopped improving)")
+    if c == n:
+        return text + "; none stopped at the step limit."
+    stopped = sorted(summary["stopped"].items(), key=lambda kv: (-kv[1], list(names).index(kv[0])
+                                                                if kv[0] in names else 0))
+    return (text + f"; the other {n - c} stopped at the limit of {limit} Adam steps before the loss settled: "
+            + join_names([f"{names.get(u, u)} {k}" for u, k in stopped]) + " (fits per upsampler).")
+
+
+def cost_sentence(summary: Dict, names: Optional[Dict[str, str]] = None, planned: Optional[Dict[str, int]] = None) -> str:
+    """The CPU cost of the stored fits (:func:`fit_summary`): the total, the slowest upsampler and,
+    when ``planned`` ({upsampler: planned fits}) is given and every planned upsampler has a
+    stored fit, an estimate for the whole plan at the stored fits' mean cost per upsampler."""
+    names = names or {}
+    if not summary["fits"]:
+        return "No stored fit, so no measured cost yet."
+    by = summary["cpu_by_upsampler"]
+    slow = max(by, key=by.get)
+    text = (f"The {plural(summary['fits'], 'stored fit')} took {format_duration(summary['cpu_seconds'])} of CPU time "
+            f"in all (the sum of their `fit_cpu_seconds`); the slowest, {names.get(slow, slow)}, "
+            f"{format_duration(by[slow])} per fit on average")
+    if planned and all(u in by for u in planned):
+        est = sum(by[u] * k for u, k in planned.items())
+        text += (f". At these rates all {sum(planned.values())} planned fits take about "
+                 f"{format_duration(est)} of CPU time")
+    return text + "."
+
+
+def _values(rows: Sequence[Dict], sigma: float, metric: str) -> Dict[str, Dict[int, float]]:
+    out: Dict[str, Dict[int, float]] = {}
+    for r in rows:
+        if float(r["sigma"]) == float(sigma):
+            out.setdefault(r["upsampler"], {})[int(r["seed"])] = float(r[metric])
+    return out
+
+
+def flat_upsamplers(rows: Sequence[Dict], upsamplers: Sequence[str], sigmas: Sequence[float],
+                    rel_region: float = 0.01, abs_acc: float = 0.005) -> List[str]:
+    """The upsamplers whose seed-mean scores do not change with sigma: region error within
+    ``rel_region`` (relative) and boundary accuracy within ``abs_acc`` (absolute) of their value
+    at the first sigma, at every sigma. ``rows``: one seed set (e.g. :func:`select_complete`)."""
+    import statistics
+
+    sig = [float(s) for s in sigmas]
+    if not sig:
+        raise ValueError("sigmas must not be empty")
+    flat = []
+    for u in upsamplers:
+        means = {}
+        for s in sig:
+            reg = [float(r["region_error"]) for r in rows if r["upsampler"] == u and float(r["sigma"]) == s]
+            acc = [float(r["boundary_acc"]) for r in rows if r["upsampler"] == u and float(r["sigma"]) == s]
+            if not reg:
+                break
+            means[s] = (statistics.fmean(reg), statistics.fmean(acc))
+        else:
+            r0, a0 = means[sig[0]]
+            if all(abs(r - r0) <= rel_region * abs(r0) and abs(a - a0) <= abs_acc for r, a in means.values()):
+                flat.append(u)
+    return flat
+
+
+def compare_to_baseline(rows: Sequence[Dict], sigma: float, upsamplers: Sequence[str], baseline: str = "bilinear",
+                        metrics: Sequence[str] = ("region_error", "boundary_acc")) -> Dict[str, Dict[str, Dict]]:
+    """Paired differences to ``baseline`` at noise level ``sigma``: ``{metric: {upsampler: result}}``
+    (:func:`sapa.lab.stats.paired_differences`, 95 % t intervals over the seeds, Holm over the
+    upsamplers other than the baseline, per metric). ``rows``: one seed set with >= 2 seeds."""
+    from .stats import paired_differences
+
+    family = [u for u in upsamplers if u != baseline]
+    at = [r for r in rows if float(r["sigma"]) == float(sigma)
+          and (r["upsampler"] in family or r["upsampler"] == baseline)]
+    if not at:
+        raise ValueError(f"no rows at sigma={sigma} for {list(upsamplers)}")
+    return {m: {r["setting"]: r for r in paired_differences(at, m, baseline=baseline, key="upsampler",
+                                                            settings=family)}
+            for m in metrics}
+
+
+def smooth_and_sharp(rows: Sequence[Dict], upsamplers: Sequence[str], sigmas: Sequence[float],
+                     baseline: str = "bilinear") -> Dict:
+    """Which upsamplers are both smoother and sharper than ``baseline``, at each sigma.
+
+    ``rows``: one seed set (:func:`select_complete`'s ``rows``). An upsampler is *both* at a
+    sigma when its region error is lower **and** its boundary accuracy higher than the
+    baseline's, each surviving Holm's correction (:func:`compare_to_baseline`).
+
+    Returns dict ``seeds``, ``n``, ``family`` (upsamplers compared), ``both`` ({sigma: list}),
+    ``always`` (both at every sigma), ``results`` ({sigma: compare_to_baseline(...)}). With
+    fewer than 2 seeds, ``both``/``results`` are empty and ``always`` is None.
+    """
+    seeds = sorted({int(r["seed"]) for r in rows})
+    family = [u for u in upsamplers if u != baseline]
+    out = {"seeds": seeds, "n": len(seeds), "family": family, "both": {}, "results": {}, "always": None}
+    if len(seeds) < 2:
+        return out
+    for s in sigmas:
+        res = compare_to_baseline(rows, s, upsamplers, baseline)
+        out["results"][float(s)] = res
+        out["both"][float(s)] = [u for u in family
+                                 if res["region_error"][u]["significant"] and res["region_error"][u]["mean"] < 0
+                                 and res["boundary_acc"][u]["significant"] and res["boundary_acc"][u]["mean"] > 0]
+    out["always"] = [u for u in family if all(u in b for b in out["both"].values())]
+    return out
+
+
+def smooth_sharp_text(summary: Dict, names: Optional[Dict[str, str]] = None, baseline: str = "bilinear") -> str:
+    """The verdicts of :func:`smooth_and_sharp` as Markdown (a list per sigma), or, with fewer
+    than 2 seeds, a sentence saying that the paired verdicts wait for a second complete seed."""
+    names = names or {}
+    n, fam = summary["n"], summary["family"]
+    base = names.get(baseline, baseline)
+    if n < 2:
+        have = ("no seed is complete for the upsamplers" if n == 0 else
+                f"the upsamplers shown share one complete seed (seed {summary['seeds'][0]})")
+        return (f"So far {have}, and a paired interval needs two, so this verdict waits for the stored "
+                f"fits; `{_command()}` adds them.")
+    lines = [f"Both smooth and sharp, against {base}, at each noise level ({plural(n, 'seed')}, Holm over "
+             f"{plural(len(fam), 'upsampler')} per score and level):", ""]
+    for s, both in summary["both"].items():
+        lines.append(f"* σ = {s:g}: " + join_names([names.get(u, u) for u in both]))
+    lines += ["", "At every noise level: " + join_names([names.get(u, u) for u in summary["always"]]) + "."]
+    return "\n".join(lines)
+
+
+def describe(result: Dict, scale: float = 100.0, digits: int = 1, unit: str = "points") -> str:
+    """A paired result (:func:`sapa.lab.stats.paired_differences`) as text, e.g.
+    ``"+5.8 points (95 % CI +4.9 to +6.7, Holm p = 0.004)"``; digits grow so that a nonzero
+    value never prints as 0.0 (:func:`format_value`)."""
+    p = result.get("p_holm", result["p"])
+    ptxt = f"= {p:.3f}" if p >= 0.001 else "< 0.001"
+    lvl = f"{100 * (1 - result.get('alpha', 0.05)):.0f} %"
+    f = lambda v: format_value(scale * v, digits, signed=True)  # noqa: E731
+    return f"{f(result['mean'])} {unit} ({lvl} CI {f(result['ci_low'])} to {f(result['ci_high'])}, Holm p {ptxt})"
+
+
+def high_noise_verdict(rows: Sequence[Dict], upsamplers: Sequence[str], sigma: float, baseline: str = "bilinear",
+                       names: Optional[Dict[str, str]] = None, ratio: float = 2.0) -> str:
+    """Which upsamplers are *worse* than ``baseline`` at noise level ``sigma``, as Markdown.
+
+    ``rows``: one seed set (:func:`select_complete`). With >= 2 seeds: the upsamplers whose region
+    error is higher or boundary accuracy lower than the baseline's, surviving Holm's correction,
+    each with its paired differences and 95 % intervals (percentage points). With one seed (no
+    interval): the upsamplers whose region error is at least ``ratio`` times the baseline's and
+    whose boundary accuracy is lower, with their values, worst first. With none: says so.
+    """
+    names = names or {}
+    nm = lambda u: names.get(u, u)  # noqa: E731
+    seeds = sorted({int(r["seed"]) for r in rows})
+    at = f"At σ = {float(sigma):g}"
+    if not seeds:
+        return f"{at} no stored fit can be compared with {nm(baseline)} yet."
+    if len(seeds) == 1:
+        val = {m: {u: v[seeds[0]] for u, v in _values(rows, sigma, m).items()} for m in ("region_error", "boundary_acc")}
+        if baseline not in val["region_error"]:
+            return f"{at} {nm(baseline)} has no stored fit to compare with yet."
+        r0, a0 = val["region_error"][baseline], val["boundary_acc"][baseline]
+        worse = [u for u in upsamplers if u != baseline and u in val["region_error"]
+                 and val["region_error"][u] >= ratio * r0 and val["boundary_acc"][u] < a0]
+        worse.sort(key=lambda u: -val["region_error"][u])
+        text = (f"{at}, on seed {seeds[0]}, the one seed shown so far (so no interval yet), {nm(baseline)} has a region "
+                f"error of {format_value(100 * r0, 2)} % and a boundary accuracy of {format_value(100 * a0)} %. ")
+        if not worse:
+            return text + (f"No upsampler has at least {ratio:g} times its region error and a lower boundary "
+                           "accuracy.")
+
+        def times(u):
+            q = val["region_error"][u] / r0
+            return f"{q:.1f}" if q < 9.95 else f"{q:.0f}"
+
+        parts = [f"{nm(u)} ({format_value(100 * val['region_error'][u], 2)} %, {times(u)} times as large; "
+                 f"{format_value(100 * val['boundary_acc'][u])} %)" for u in worse]
+        verb = "is" if len(worse) == 1 else "are"
+        return text + (f"Far worse than {nm(baseline)} there, with at least {ratio:g} times its region error and a "
+                       f"lower boundary accuracy, {verb}: " + join_names(parts) + ".")
+    res = compare_to_baseline(rows, sigma, upsamplers, baseline)
+    reg, acc = res["region_error"], res["boundary_acc"]
+    worse = [u for u in reg if (reg[u]["significant"] and reg[u]["mean"] > 0)
+             or (acc[u]["significant"] and acc[u]["mean"] < 0)]
+    text = (f"{at}, over {plural(len(seeds), 'seed')} (paired differences to {nm(baseline)}, 95 % t intervals, "
+            f"Holm over {plural(len(reg), 'upsampler')} per score), ")
+    if not worse:
+        return text + f"no upsampler is worse than {nm(baseline)} in either score."
+    worse.sort(key=lambda u: -reg[u]["mean"])
+    parts = []
+    for u in worse:
+        bits = []
+        if reg[u]["significant"] and reg[u]["mean"] > 0:
+            bits.append("region error " + describe(reg[u]))
+        if acc[u]["significant"] and acc[u]["mean"] < 0:
+            bits.append("boundary accuracy " + describe(acc[u]))
+        parts.append(f"{nm(u)} ({'; '.join(bits)})")
+    verb = "is" if len(worse) == 1 else "are"
+    return text + f"worse than {nm(baseline)} {verb}: " + join_names(parts) + "."
+
+
+def result_phrase(n_seeds: int, available: bool = True) -> str:
+    """How the chapter refers to the stored result, true to its state: over ``n_seeds``
+    complete seeds, one, none, or not there (``available`` False)."""
+    if not isinstance(n_seeds, int) or n_seeds < 0:
+        raise ValueError(f"n_seeds must be a non-negative int, got {n_seeds!r}")
+    if not available:
+        return "the stored result, once it is there"
+    if n_seeds == 0:
+        return "the stored result, once a seed is complete"
+    if n_seeds == 1:
+        return "the stored result above (one complete seed so far, so no interval yet)"
+    return f"the stored result above, over {n_seeds} seeds"
+
+
+def score_table(rows: Sequence[Dict], upsamplers: Sequence[str], sigmas: Sequence[float],
+                names: Optional[Dict[str, str]] = None) -> Tuple[List[str], List[List[str]], str]:
+    """``(header, body, caption)`` of the chapter's table: region error and boundary accuracy (both
+    in %) at each of ``sigmas``, mean ± sd over the seeds of ``rows`` (one seed: its value)."""
+    import statistics
+
+    names = names or {}
+    seeds = sorted({int(r["seed"]) for r in rows})
+    header = ["upsampler"]
+    for s in sigmas:
+        header += [f"region err. σ={float(s):g}", f"bnd. acc. σ={float(s):g}"]
+    body = []
+    for u in upsamplers:
+        cells = [names.get(u, u)]
+        for s in sigmas:
+            for m, d in (("region_error", 2), ("boundary_acc", 1)):
+                v = [100 * float(r[m]) for r in rows if r["upsampler"] == u and float(r["sigma"]) == float(s)]
+                if not v:
+                    cells.append("–")
+                elif len(v) == 1:
+                    cells.append(format_value(v[0], d))
+                else:
+                    cells.append(f"{format_value(statistics.fmean(v), d)}\u00a0±\u00a0"
+                                 f"{format_value(statistics.stdev(v), d)}")
+        body.append(cells)
+    what = ("mean ± sd over seeds " + join_names([str(s) for s in seeds])) if len(seeds) > 1 else \
+        (f"seed {seeds[0]}" if seeds else "no seed")
+    return header, body, f"{what}; region error and boundary accuracy in %"
+
+
+def plot_stored(rows: Sequence[Dict], groups: Dict[str, Sequence[str]], names: Optional[Dict[str, str]] = None,
+                baseline: str = "bilinear"):
+    """The stored result against sigma, one row of panels per group of upsamplers (``groups``:
+    {title: upsamplers}), two panels per row: region error (%, log scale) and boundary accuracy (%);
+    ``baseline`` is drawn first (the same colour) in every row, each row has its legend below.
+    ``rows``: one seed set (:func:`select_complete`). Returns the Figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from .plotting import BOOK_WIDTH, mechanism_plot
+
+    if not groups:
+        raise ValueError("groups must name at least one group of upsamplers")
+    names = names or {}
+    present = {r["upsampler"] for r in rows}
+    fig, axes = plt.subplots(len(groups), 2, figsize=(BOOK_WIDTH, 3.2 * len(groups)), sharex=True,
+                             layout="constrained", squeeze=False)
+    for i, (title, ups) in enumerate(groups.items()):
+        ups = [baseline] + [u for u in ups if u != baseline and u in present]
+        mechanism_plot(rows, ups, "region_error", ax=axes[i, 0], names=names, log=True)
+        mechanism_plot(rows, ups, "boundary_acc", ax=axes[i, 1], names=names)
+        lo, hi = axes[i, 0].get_ylim()
+        subs = (1.0, 2.0, 5.0)
+        if sum(lo <= t <= hi for t in LogLocator(subs=subs).tick_values(lo, hi)) < 2:  # a narrow range
+            subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+        axes[i, 0].yaxis.set_major_locator(LogLocator(subs=subs))
+        axes[i, 0].yaxis.set_minor_formatter(NullFormatter())
+        for ax in axes[i]:
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}"))
+        axes[i, 0].set_ylabel("region error (%, log)")
+        axes[i, 1].set_ylabel("boundary accuracy (%)")
+        axes[i, 0].set_title(f"{title}: region error")
+        axes[i, 1].set_title(f"{title}: boundary accuracy")
+        for ax in axes[i]:
+            ax.set_xlabel("σ" if i == len(groups) - 1 else "")
+            ax.tick_params(labelbottom=True)
+        handles, labels = axes[i, 0].get_legend_handles_labels()
+        axes[i, 1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                          handlelength=1.2, borderaxespad=0)
+    return fig
+
+
+def plot_kernel_study(study: Dict, upsamplers: Sequence[str], sigmas: Sequence[float], quantity: str,
+                      names: Optional[Dict[str, str]] = None):
+    """One quantity of :func:`kernel_study`'s maps, rows = upsamplers, columns = sigmas, one shared
+    colour bar with its label. ``quantity``: ``"max_weight"`` (the kernel's largest weight, 0 to
+    1) or ``"same_class_mass"`` (0 to 1). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import BOOK_WIDTH, show_map
+
+    labels = {"max_weight": "largest kernel weight", "same_class_mass": "same-class mass"}
+    if quantity not in labels:
+        raise ValueError(f"quantity must be one of {sorted(labels)}, got {quantity!r}")
+    missing = [(u, s) for u in upsamplers for s in sigmas if (u, float(s)) not in study]
+    if missing:
+        raise ValueError(f"study has no maps for {missing}")
+    names = names or {}
+    fig, axes = plt.subplots(len(upsamplers), len(sigmas), figsize=(BOOK_WIDTH * 0.62, 2.0 * len(upsamplers) + 0.4),
+                             layout="constrained", squeeze=False)
+    im = None
+    for i, u in enumerate(upsamplers):
+        for j, s in enumerate(sigmas):
+            km = study[(u, float(s))]
+            m = km["kernels"].max(0).values if quantity == "max_weight" else km["same_class_mass"]
+            im = show_map(axes[i, j], m, cmap="magma" if quantity == "max_weight" else "viridis", vmin=0, vmax=1,
+                          colorbar=False)
+            if i == 0:
+                axes[i, j].set_title(f"σ = {float(s):g}")
+        axes[i, 0].set_ylabel(names.get(u, u))
+    fig.colorbar(im, ax=axes, shrink=0.6, label=labels[quantity])
+    return fig
+
+
+class _Box(torch.nn.Module):
+    """A K x K box kernel (what averaging without looking does), for :func:`kernel_maps`."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+
+    def kernels(self, x):
+        n, _, h, w = x.shape
+        k = self.kernel_size
+        return torch.full((n, k * k, 2 * h, 2 * w), 1.0 / k**2)
+
+
+def kernel_mass_table(study: Dict, upsamplers: Sequence[str], sigmas: Sequence[float], problem: Dict[str, torch.Tensor],
+                      index: int = 0, names: Optional[Dict[str, str]] = None) -> Dict:
+    """The same-class mass of :func:`kernel_study`'s kernels on the boundary pixels of test
+    image ``index`` of ``problem`` (the study's test set), next to a box kernel of the same
+    size that looks at nothing.
+
+    Returns dict ``mass`` ({(upsampler, sigma): mean mass on boundary pixels}), ``box``, ``header``,
+    ``body`` (table cells: the mass and the boundary accuracy in % at each sigma), ``best`` (the
+    upsamplers within 0.01 of the largest mass at the first sigma) and ``change``
+    ({upsampler: "falls from a to b" / "rises ..." / "stays at a"} from the first sigma to the last).
+    """
+    names = names or {}
+    sig = [float(s) for s in sigmas]
+    missing = [(u, s) for u in upsamplers for s in sig if (u, s) not in study]
+    if missing or not upsamplers or not sig:
+        raise ValueError(f"study must have maps for every (upsampler, sigma); missing {missing}")
+    edge = ~_interior(problem["labels"][index: index + 1])[0]
+    K = study[(upsamplers[0], sig[0])]["kernel_size"]
+    box = float(kernel_maps(_Box(K), problem, index)["same_class_mass"][edge].mean())
+    mass, body = {}, []
+    for u in upsamplers:
+        cells = [names.get(u, u)]
+        for s in sig:
+            km = study[(u, s)]
+            mass[(u, s)] = float(km["same_class_mass"][edge].mean())
+            cells += [f"{mass[(u, s)]:.2f}", format_value(100 * km["scores"]["boundary_acc"])]
+        body.append(cells)
+    body.append([f"{K} x {K} box (reference)"] + [f"{box:.2f}", "–"] * len(sig))
+    header = ["kernel"]
+    for s in sig:
+        header += [f"mass σ={s:g}", f"bnd. acc. σ={s:g}"]
+    top = max(mass[(u, sig[0])] for u in upsamplers)
+    best = [u for u in upsamplers if mass[(u, sig[0])] > top - 0.01]
+
+    def change(u):
+        a, b = mass[(u, sig[0])], mass[(u, sig[-1])]
+        if abs(a - b) < 0.005:
+            return f"stays at {a:.2f}"
+        return f"{'falls' if b < a else 'rises'} from {a:.2f} to {b:.2f}"
+
+    return {"mass": mass, "box": box, "header": header, "body": body, "best": best,
+            "change": {u: change(u) for u in upsamplers}, "kernel_size": K}
