@@ -191,6 +191,7 @@ def test_disabled_by_environment_is_silent(monkeypatch):
     assert "SAPA_CPP=0" in cpp.build_error()
 
 
+@pytest.mark.slow  # a real (failed or cached) build in a fresh process
 def test_fallback_without_a_compiler(tmp_path):
     """A real failed build (fresh extensions cache, no compiler): one warning, correct results."""
     script = textwrap.dedent("""
@@ -240,6 +241,7 @@ def test_no_compiler_is_said_plainly(monkeypatch, tmp_path):
     assert len(msgs) == 1 and "no C++ compiler found" in msgs[0], msgs
 
 
+@pytest.mark.slow  # a real (failed or cached) build in a fresh process
 def test_build_cli(tmp_path):
     """``python -m sapa.build``: one line and exit status 0 (kernel ready) or 1 (why not)."""
     env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))

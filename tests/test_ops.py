@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import sapa
+from _kink import away_from_kink, min_abs_logit
 from sapa.normalize import NORM_EPS
 from sapa.windows import window_centres
 
@@ -97,9 +98,9 @@ def test_torch_backend_matches_reference_forward_and_backward(K, normalization, 
 )
 def test_gradcheck(backend, normalization, padding):
     q, k, v = _inputs(1, 2, 3, 3, 4, 7, 9)
-    if normalization == "relu":  # keep logits away from the kink at 0
-        with torch.no_grad():
-            q.add_(0.05 * torch.sign(q))
+    if normalization == "relu":  # every in-map logit q . k at least 0.05 away from relu's kink
+        away_from_kink(q, k, 3)
+        assert min_abs_logit(q, k, 3) >= 0.05
     fn = lambda q, k, v: sapa.sapa_upsample(q, k, v, 3, normalization, padding, backend=backend)
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-5)
 

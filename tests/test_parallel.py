@@ -1,11 +1,8 @@
 """stop_pool ends a process pool's workers at once (Ctrl-C / SIGTERM of the resumable CLIs)."""
-import os
-import signal
-import time
+import subprocess
+import sys
 
-import pytest
-
-from sapa.lab._parallel import sigterm_as_interrupt, stop_pool
+from sapa.lab._parallel import stop_pool
 
 
 def test_stop_pool_cancels_and_terminates_every_worker():
@@ -35,9 +32,20 @@ def test_stop_pool_cancels_and_terminates_every_worker():
 
 
 def test_sigterm_as_interrupt_restores_the_handler():
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        with sigterm_as_interrupt():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
-    assert signal.getsignal(signal.SIGTERM) == before
+    """SIGTERM inside the block becomes KeyboardInterrupt; the old handler comes back. Run in a
+    child process (a SIGTERM sent to the test process itself would hit pytest)."""
+    code = """
+import os, signal, time
+from sapa.lab._parallel import sigterm_as_interrupt
+before = signal.getsignal(signal.SIGTERM)
+try:
+    with sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    print("no interrupt")
+except KeyboardInterrupt:
+    print("interrupted", signal.getsignal(signal.SIGTERM) == before)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "interrupted True"

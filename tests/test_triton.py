@@ -27,6 +27,9 @@ try:
 except ImportError:  # no triton: only the triton-free tests run
     triton_ops = None
 
+#: the Triton interpreter / ahead-of-time compiles: minutes of CPU (`make test-fast` skips them)
+pytestmark = pytest.mark.slow
+
 needs_triton = pytest.mark.skipif(triton_ops is None, reason="triton is not installed")
 IN_INTERPRETER = triton_ops is not None and triton_ops.INTERPRETED
 

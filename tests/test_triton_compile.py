@@ -28,7 +28,9 @@ from sapa.backends import triton as triton_ops  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _triton_worker  # noqa: E402
 
-pytestmark = pytest.mark.skipif(triton_ops.INTERPRETED, reason="needs Triton in compiled mode")
+#: ahead-of-time compiles: minutes of CPU (`make test-fast` skips them)
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(triton_ops.INTERPRETED, reason="needs Triton in compiled mode")]
 
 SIZES = {
     "64x64": dict(d=32, H=64, W=64, Hq=128, Wq=128),   # every size a multiple of 16
