@@ -191,23 +191,3 @@ def test_difference_figure_one_panel_per_ready_group():
             A.difference_figure(A.analyse(rows), metric="pixel_acc")
     finally:
         plt.close("all")
-
-
-def test_stored_rows_fallback_says_why(monkeypatch, tmp_path):
-    import sapa.lab.results as R
-
-    monkeypatch.delattr(sweep, "stored_rows", raising=False)
-    monkeypatch.setenv("SAPA_RESULTS_DIR", str(tmp_path))
-    rows, status = A.stored_rows()
-    assert rows is None and "not in this copy of the repository" in status
-    assert sweep.stored_command("table6") in status
-
-    class Failed(FileNotFoundError):
-        reason = "download failed: timed out"
-
-    def fail(name, *a, **k):
-        raise Failed(name)
-
-    monkeypatch.setattr(R, "stored_file", fail)
-    rows, status = A.stored_rows()
-    assert rows is None and "could not be downloaded (download failed: timed out)" in status

@@ -15,8 +15,8 @@ run, reported under every group). This module turns the stored rows into
 
 Usage::
 
-    from sapa.lab import ablations
-    rows, status = ablations.stored_rows()
+    from sapa.lab import ablations, sweep
+    rows, status = sweep.stored_rows("table6")
     res = ablations.analyse(rows)
     print(ablations.status_paragraph(res, status))
 """
@@ -30,7 +30,7 @@ from . import sweep
 from .stats import complete_seeds, paired_differences, verdict
 
 __all__ = ["METRICS", "METRIC_NAMES", "GROUP_NAMES", "PAPER_TABLE6", "groups", "default_settings",
-           "setting_name", "stored_rows", "analyse", "fmt_signed", "describe", "group_table",
+           "setting_name", "analyse", "fmt_signed", "describe", "group_table",
            "status_paragraph", "verdict_sentence", "reading", "difference_figure"]
 
 #: the metrics compared (columns of the sweep CSV) and how the book writes them
@@ -89,35 +89,6 @@ def setting_name(group: str, setting: str) -> str:
     if group == "similarity":
         return f"SAPA-{setting}"
     return str(setting)
-
-
-def _reason(err: BaseException) -> str:
-    return str(getattr(err, "reason", None) or err)
-
-
-def stored_rows(name: str = "table6") -> Tuple[Optional[List[Dict]], str]:
-    """``(rows, status)`` of the stored sweep ``name``: :func:`sapa.lab.sweep.stored_rows`
-    where it exists; otherwise the rows of ``book/results/<name>.csv`` of the stored task
-    (``None`` when the file cannot be had) and a Markdown sentence saying what is there or why
-    not (missing, or could not be downloaded and why) with the command that writes it."""
-    if hasattr(sweep, "stored_rows"):
-        return sweep.stored_rows(name)
-    from .results import stored_file
-
-    command = sweep.stored_command(name)
-    try:
-        path = stored_file(f"{name}.csv")
-    except FileNotFoundError as err:
-        reason = _reason(err)
-        if reason == "missing" or "not found in" in reason:
-            why = f"The stored file `{name}.csv` is not in this copy of the repository yet."
-        else:
-            why = f"The stored file `{name}.csv` could not be downloaded ({reason})."
-        return None, f"{why} This command writes it (it resumes where it stopped): `{command}`."
-    keep = ("dataset", "head", "size", "train_samples")
-    task = sweep.STORED_TASK
-    rows = [r for r in sweep.read_csv(path) if all(str(r.get(k)) == str(task[k]) for k in keep)]
-    return rows, f"The stored `{name}.csv` has {len(rows)} {'row' if len(rows) == 1 else 'rows'} of the stored task."
 
 
 def analyse(rows: Optional[Sequence[Dict]], name: str = "table6", metrics: Sequence[str] = METRICS,
