@@ -215,7 +215,7 @@ def status_paragraph(analysed: Dict[str, Dict], load_status: str) -> str:
     if not any(G["rows"] for G in analysed.values()):
         return ("This section compares, within each group of the sweep (" + names + "), every setting "
                 "with SAPA-B's default: per-seed paired differences with 95 % t intervals, Holm's "
-                "correction over the group's other settings, a table and a figure per group, and a "
+                "correction over the group's other settings, a table per group, one figure of all the groups, and a "
                 "verdict per setting set against the paper's Table 6. " + load_status.strip())
     per = "; ".join(f"{GROUP_NAMES.get(g, g)}: {len(G['seeds'])}" for g, G in analysed.items())
     text = (load_status.strip() + " Complete seeds per group (a seed counts once every setting of the "
