@@ -323,7 +323,7 @@ def test_paired_sentences_follow_the_interval():
     assert d["miou"]["mean"] == pytest.approx(0.010, abs=1e-12)
     assert d["miou"]["ci_low"] > 0
     assert "excludes zero" in L.paired_sentence(d) and "t quantile is 4.30" in L.paired_sentence(d)
-    assert L.reading_sentence(d).startswith("here the mIoU interval excludes zero, so this experiment separates")
+    assert L.reading_sentence(d).startswith("Here the mIoU interval excludes zero, so this experiment separates")
     noisy = L.paired(_fake_rows(diffs=(0.02, -0.015, 0.001)))
     assert "includes zero" in L.paired_sentence(noisy)
     assert "does not separate" in L.reading_sentence(noisy)

@@ -588,9 +588,9 @@ def reading_sentence(diffs: Optional[Dict[str, Dict]], metric: str = "miou") -> 
         return "Without the stored result this page cannot say whether the experiment separates the two upsamplers."
     d = diffs[metric]
     if _excludes(d):
-        return (f"here the {_METRIC.get(metric, metric)} interval excludes zero, so this experiment separates the "
+        return (f"Here the {_METRIC.get(metric, metric)} interval excludes zero, so this experiment separates the "
                 f"two upsamplers ({'SAPA-B higher' if d['mean'] > 0 else 'SAPA-B lower'}).")
-    return (f"here the {_METRIC.get(metric, metric)} interval includes zero, so this experiment does not "
+    return (f"Here the {_METRIC.get(metric, metric)} interval includes zero, so this experiment does not "
             f"separate the two upsamplers.")
 
 
