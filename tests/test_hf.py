@@ -348,6 +348,7 @@ def test_convergence_and_details_from_the_stored_meta():
     assert c["seeds"] == [0, 1, 2] and set(c["means"]) == {"bilinear", "sapa-b"}
     text = L.convergence_sentence(rows, meta)
     assert "no run's mIoU moved by more than 0.2 points" in text and "close to where" in text
+    assert "10.0 minutes for all 6 runs" in text
     assert "Bilinear" in text and "sapa-b" not in text
     moving = L.convergence_sentence(rows, _fake_meta(late=0.05))
     assert "still moving" in moving

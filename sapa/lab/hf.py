@@ -512,7 +512,7 @@ def convergence_sentence(rows: Optional[Sequence[Dict[str, object]]], meta: Dict
     c = convergence(rows, meta)
     text = (f"The stored runs trained {c['epochs']} epochs of {c['samples']} fresh images "
             f"({c['steps']} steps")
-    text += (f", {c['minutes']:.0f} minutes for all {len(rows)} runs)." if c["minutes"] is not None else ").")
+    text += (f", {c['minutes']:.1f} minutes for all {len(rows)} runs)." if c["minutes"] is not None else ").")
     if c["late"] is not None:
         closer = c["late"] < c["spread"]
         text += (f" Over the last quarter of the epochs no run's mIoU moved by more than {c['late']:.1f} points, "
