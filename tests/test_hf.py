@@ -251,3 +251,163 @@ def test_sweep_is_append_only_and_resumable(tmp_path, monkeypatch):
     assert len(got) == 2 and isinstance(got[0]["miou"], float) and meta2["command"] == "test"
     with open(out, newline="") as f:
         assert next(csv.reader(f)) == L.CSV_FIELDS
+
+
+# --------------------------------------------------------------------------------------
+# the chapter's analysis (sapa.lab.hf): fake stored rows, no stored file needed
+# --------------------------------------------------------------------------------------
+def _fake_rows(diffs=(0.010, 0.012, 0.008), seed=3):
+    """Stored-CSV-shaped rows: bilinear and SAPA-B per seed, SAPA-B ahead by ``diffs``."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for k, d in enumerate(diffs):
+        base = 0.7 + 0.05 * rng.random()
+        for name, v in (("bilinear", base), ("sapa-b", base + d)):
+            rows.append(dict(upsampler=name, seed=k, epochs=4, train_samples=32, steps=8, miou=v,
+                             boundary_iou=v - 0.3, pixel_acc=0.9, seconds=10.0 + k))
+    return rows
+
+
+def _fake_meta(late=0.002, epochs=4):
+    curves = {}
+    for k in range(3):
+        for name in ("bilinear", "sapa-b"):
+            curves[f"{name}/{k}"] = [dict(epoch=e + 1, miou=0.7 - late * (epochs - 1 - e),
+                                          boundary_iou=0.4 + 0.01 * e) for e in range(epochs)]
+    return dict(command="python -m sapa.lab.hf --train", seconds=600.0, date="2026-12-03",
+                machine="x86_64, 2 CPUs, 1 threads, Linux", torch="2.x", transformers="5.x", curves=curves)
+
+
+def test_stored_results_says_why_it_is_absent(tmp_path, monkeypatch):
+    from sapa.lab import results as R
+
+    monkeypatch.setenv("SAPA_RESULTS_DIR", str(tmp_path))
+    rows, meta, status = L.stored_results("segformer")
+    assert rows is None and meta == {}
+    assert "not there yet" in status and L.STORED_COMMAND in status
+
+    def fail(name, *a, **k):
+        raise R.StoredFileUnavailable(name, "download", "timed out", "https://example.invalid/")
+
+    monkeypatch.setattr(R, "stored_file", fail)
+    rows, meta, status = L.stored_results("segformer")
+    assert rows is None and "could not be downloaded (timed out)" in status
+
+    def old_style(name, *a, **k):  # a FileNotFoundError without a reason still gives a sentence
+        raise FileNotFoundError("no such file")
+
+    monkeypatch.setattr(R, "stored_file", old_style)
+    assert "could not be read (no such file)" in L.stored_results("segformer")[2]
+
+
+def test_stored_results_status_counts_runs_and_seeds(tmp_path, monkeypatch):
+    out = tmp_path / "segformer.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=L.CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in _fake_rows():
+            w.writerow(dict(r, val_loss=0.1, first_loss=1.0, last_loss=0.2, params=10, setup="x"))
+    monkeypatch.setenv("SAPA_RESULTS_DIR", str(tmp_path))
+    rows, meta, status = L.stored_results("segformer")
+    assert len(rows) == 6 and meta == {}
+    assert status.startswith("The stored `segformer.csv` holds 6 runs: Bilinear and SAPA-B with 3 seeds (0, 1 and 2).")
+    assert "`segformer.json`" in status
+
+
+def test_paired_sentences_follow_the_interval():
+    rows = _fake_rows()
+    d = L.paired(rows)
+    assert set(d) == {"miou", "boundary_iou"} and d["miou"]["n"] == 3
+    assert d["miou"]["mean"] == pytest.approx(0.010, abs=1e-12)
+    assert d["miou"]["ci_low"] > 0
+    assert "excludes zero" in L.paired_sentence(d) and "t quantile is 4.30" in L.paired_sentence(d)
+    assert L.reading_sentence(d).startswith("Here the mIoU interval excludes zero, so this experiment separates")
+    noisy = L.paired(_fake_rows(diffs=(0.02, -0.015, 0.001)))
+    assert "includes zero" in L.paired_sentence(noisy)
+    assert "does not separate" in L.reading_sentence(noisy)
+    header, table = L.paired_table(noisy)
+    assert [r[0] for r in table] == ["mIoU", "boundary IoU"]
+    # +0.2 points prints as +0.20; a tiny non-zero mean never as 0.00
+    assert table[0][2] == "+0.20"
+    tiny = L.paired(_fake_rows(diffs=(0.00004, 0.00005, 0.00003)))
+    assert L.paired_table(tiny)[1][0][2] == "+0.004"
+    assert "+0.004 mIoU points" in L.summary_sentence(tiny)
+    # fewer than two common seeds, or no rows: no numbers, a sentence
+    assert L.paired(_fake_rows()[:3]) is None and L.paired(None) is None
+    for f in (L.paired_sentence, L.reading_sentence, L.summary_sentence):
+        text = f(None)
+        assert text and "(s)" not in text and "nan" not in text
+
+
+def test_convergence_and_details_from_the_stored_meta():
+    rows, meta = _fake_rows(), _fake_meta(late=0.002)
+    c = L.convergence(rows, meta)
+    assert c["late"] == pytest.approx(0.2) and c["minutes"] == pytest.approx(10.0)
+    assert c["seeds"] == [0, 1, 2] and set(c["means"]) == {"bilinear", "sapa-b"}
+    text = L.convergence_sentence(rows, meta)
+    assert "no run's mIoU moved by more than 0.2 points" in text and "close to where" in text
+    assert "10.0 minutes for all 6 runs" in text
+    assert "Bilinear" in text and "sapa-b" not in text
+    moving = L.convergence_sentence(rows, _fake_meta(late=0.05))
+    assert "still moving" in moving
+    assert "cannot be shown" in L.convergence_sentence(rows, {})
+    assert L.convergence_sentence(None, {}).startswith("Without the stored result")
+    details = L.run_details(meta)
+    assert "2 CPUs, 1 thread, Linux" in details and "1 threads" not in details
+    assert L._machine("x86_64, 16 CPUs, torch threads: 1, Linux") == "x86_64, 16 CPUs, 1 torch thread, Linux"
+    assert L.run_details({}) == ""
+    with pytest.raises(ValueError, match="empty"):
+        L.convergence([], meta)
+
+
+def test_curves_figure_integer_epochs_and_display_names():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert L.curves_figure({}) is None
+    fig = L.curves_figure(_fake_meta(epochs=5))
+    try:
+        ax0, ax1 = fig.axes[:2]
+        ticks = [t for t in ax1.get_xticks() if ax1.get_xlim()[0] <= t <= ax1.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        assert [t.get_text() for t in ax0.get_legend().get_texts()] == ["Bilinear", "SAPA-B"]
+        assert fig.get_figwidth() <= 4.5
+    finally:
+        plt.close("all")
+
+
+def test_sapa_g_gap_is_the_omitted_projection():
+    t = H.overhead_table(_cfg(), size=64, names=["bilinear", "sapa-b", "sapa-g"], with_model=False)
+    g = L.sapa_g_gap(t)
+    C, d, steps = 32, 32, 6
+    lowres = sum(h * w for _, _, (h, w) in t["steps"])
+    assert g["projection_params"] == steps * C * d
+    assert g["bias_params"] == steps * (3 * d + 1) and g["norm_params"] == steps * 4 * C
+    # the split explains the whole gap to the Table 1 formula, for parameters and MACs
+    assert g["params"] - g["formula_params"] == g["projection_params"] + g["bias_params"] + g["norm_params"]
+    assert g["macs"] - g["formula_macs"] == g["projection_macs"] + g["mix_macs"] == lowres * (C * d + 3 * d)
+    text = L.sapa_g_sentence(g)
+    assert "omitted projection" in text and "Unexplained" not in text
+    header, rows = L.overhead_rows(t)
+    assert [r[0] for r in rows] == ["Bilinear", "SAPA-B", "SAPA-G"]
+    with pytest.raises(ValueError, match="sapa-g"):
+        L.sapa_g_gap(H.overhead_table(_cfg(), size=64, names=["bilinear"], with_model=False))
+
+
+def test_head_summary_rows_end_whole():
+    model = H.segformer_with_upsampler(_cfg(), "sapa-b", **_opts("sapa-b"))
+    header, rows = L.head_summary(model.decode_head)
+    assert header == ["module", "type", "maps", "parameters"]
+    names = [r[0] for r in rows]
+    assert names[:4] == [f"linear_projections.{i}" for i in range(4)]
+    up = rows[names.index("upsamplers.0–5")]
+    assert up[1].startswith("6 × ") and up[2] == "SAPA-B, 32 channels, K = 5, d = 32"
+    per = sum(p.numel() for p in model.decode_head.upsamplers[0].parameters())
+    assert up[3] == f"6 × {per:,}"
+    assert rows[0][2] == "16 → 32 channels"
+    with pytest.raises(TypeError, match="nn.Module"):
+        L.head_summary("head")

@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from ..hf import _check_name, _transformers, segformer_with_upsampler, tiny_config
 from .results import RAW_URL as RESULTS_URL  # where stored results are fetched from without a checkout
 
-__all__ = ["EXPERIMENT", "QUICK", "CSV_FIELDS", "train_segformer", "run_sweep", "load_results", "RESULTS_URL", "main"]
+__all__ = ["EXPERIMENT", "QUICK", "CSV_FIELDS", "STORED_COMMAND", "train_segformer", "run_sweep", "load_results",
+           "stored_results", "overhead_rows", "sapa_g_gap", "sapa_g_sentence", "head_summary", "runs_table",
+           "run_details", "curves_figure", "convergence", "convergence_sentence", "paired", "paired_table",
+           "paired_sentence", "reading_sentence", "summary_sentence", "RESULTS_URL", "main"]
+
+#: the command that wrote book/results/segformer.csv (and its .json)
+STORED_COMMAND = "python -m sapa.lab.hf --train --seeds 0 1 2 --threads 1 --out book/results/segformer.csv"
 
 
 # --------------------------------------------------------------------------------------
@@ -208,8 +214,12 @@ def load_results(name: str = "segformer", start=None):
 
     Looks in :func:`sapa.lab.results.results_dir` (``$SAPA_RESULTS_DIR``, or ``book/results`` of
     the repository checkout), then falls back to the repository's raw files on GitHub
-    (:func:`sapa.lab.results.stored_file`, e.g. on Colab, where the package is installed without them). Rows
-    are dicts with numbers converted; reading runs no code (CSV and JSON only).
+    (:func:`sapa.lab.results.stored_file`, e.g. on Colab, where the package is installed without
+    them). Rows are dicts with numbers converted; reading runs no code (CSV and JSON only); a
+    missing JSON gives ``meta = {}``.
+
+    Raises FileNotFoundError (:class:`sapa.lab.results.StoredFileUnavailable` with ``reason``
+    "missing" or "download") when the CSV cannot be had; :func:`stored_results` words that.
     """
     from .results import stored_file
 
@@ -219,6 +229,381 @@ def load_results(name: str = "segformer", start=None):
     except FileNotFoundError:
         meta = {}
     return _read_rows(csv_path), meta
+
+
+# --------------------------------------------------------------------------------------
+# the chapter's analysis: tables, figure and sentences from the stored result
+# --------------------------------------------------------------------------------------
+def _name(upsampler: str) -> str:
+    from .plotting import DISPLAY_NAMES
+
+    return DISPLAY_NAMES.get(upsampler, upsampler)
+
+
+def _plural(n: int, word: str, plural: Optional[str] = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
+def _join(items: Sequence[str]) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _signed(value: float, digits: int = 2) -> str:
+    """``value`` with a sign and ``digits`` decimals, more when a non-zero value would print as
+    zero (no "-0.00", no "+0.00" for 0.004); exactly zero prints unsigned."""
+    if value == 0:
+        return f"{0:.{digits}f}"
+    for k in range(digits, 7):
+        if round(abs(value), k) != 0:
+            return f"{value:+.{k}f}".replace("-", "\u2212")
+    return f"{value:+.1e}".replace("-", "\u2212")
+
+
+def stored_results(name: str = "segformer", start=None):
+    """The stored experiment for the chapter: ``(rows, meta, status)``.
+
+    ``rows``/``meta`` as :func:`load_results`, or ``(None, {})`` when the CSV cannot be had;
+    ``status`` is one Markdown sentence: what the file holds, or why it is not shown (not
+    computed yet, with :data:`STORED_COMMAND`; or could not be downloaded, and why)."""
+    from .results import unavailable_sentence
+
+    try:
+        rows, meta = load_results(name, start)
+    except FileNotFoundError as err:
+        if getattr(err, "reason", None) in ("missing", "download"):
+            return None, {}, unavailable_sentence(err, STORED_COMMAND)
+        reason = getattr(err, "reason", None) or str(err)  # an older stored_file: only a message
+        return None, {}, f"The stored result `{name}.csv` could not be read ({reason}). `{STORED_COMMAND}` writes it."
+    ups = list(dict.fromkeys(r["upsampler"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    status = (f"The stored `{name}.csv` holds {_plural(len(rows), 'run')}: "
+              f"{_join([_name(u) for u in ups]) if ups else 'no upsampler'}"
+              + (f" with {_plural(len(seeds), 'seed')} ({_join(seeds)})" if seeds else "") + ".")
+    if not meta:
+        status += f" Its `{name}.json` (command, machine, curves) is not there."
+    return rows, meta, status
+
+
+def overhead_rows(table: Dict[str, object]):
+    """The chapter's cost table of :func:`sapa.hf.overhead_table`: ``(header, rows)`` with
+    display names, GMACs and M parameters counted, from the Table 1 formula and from Table 2."""
+    def cell(v, scale, digits):
+        return "–" if v is None else f"{v / scale:.{digits}f}"
+
+    if not isinstance(table, dict) or "rows" not in table:
+        raise ValueError("table must be the dict that sapa.hf.overhead_table returns")
+    header = ["upsampler", "GMACs counted", "Table 1 formula", "Table 2", "+M params counted",
+              "Table 1 formula", "Table 2"]
+    rows = [[_name(r["name"]), cell(r["macs"], 1e9, 2), cell(r["table1_macs"], 1e9, 2),
+             cell(r["paper_d_gflops"], 1, 2), cell(r["d_params"], 1e6, 3), cell(r["table1_params"], 1e6, 3),
+             cell(r["paper_d_mparams"], 1, 2)] for r in table["rows"]]
+    return header, rows
+
+
+def sapa_g_gap(table: Dict[str, object], embedding_dim: int = 32, kernel_size: int = 5) -> Dict[str, float]:
+    """Where SAPA-G's counted cost departs from the paper's, in :func:`sapa.hf.overhead_table`'s
+    ``table`` (which must have a "sapa-g" row, C = the decoder width).
+
+    The paper's Table 1 gives SAPA-G ``5Cd + 4K^2d + 4K^2C + C + 5d`` MACs per low-resolution
+    pixel and ``2Cd + C`` parameters: it leaves out the projection of the decoder feature in the
+    query (``q_x`` of :class:`sapa.SAPA`, ``Cd`` weights; ``Cd`` MACs per low-resolution pixel
+    here, where it runs before the nearest upsampling). The counts of one module (built on the
+    meta device) split the rest into biases and LayerNorm affines, and the MACs into that
+    projection and the gated mix (8d counted against the formula's 5d).
+
+    Returns a dict: ``macs``/``params`` (counted, six steps), ``formula_macs``/``formula_params``
+    (Table 1 x steps), ``paper_gmacs``/``paper_mparams`` (Table 2), ``macs_over_paper`` and
+    ``params_over_paper`` (counted / Table 2 - 1), ``projection_macs``/``projection_params`` (the
+    omitted ``q_x`` weights, six steps), ``bias_params``, ``norm_params``, ``mix_macs``.
+    """
+    import torch
+
+    from ..modules import SAPA
+
+    rows = {r["name"]: r for r in table.get("rows", [])} if isinstance(table, dict) else {}
+    if "sapa-g" not in rows:
+        raise ValueError("table needs a 'sapa-g' row (sapa.hf.overhead_table(..., names=[..., 'sapa-g']))")
+    r = rows["sapa-g"]
+    C, steps = int(table["decoder_width"]), table["steps"]
+    lowres = sum(h * w for _, _, (h, w) in steps)
+    with torch.device("meta"):
+        m = SAPA(C, C, variant="G", kernel_size=kernel_size, embedding_dim=embedding_dim)
+    n = len(steps)
+    proj = n * m.q_x.weight.numel()
+    bias = n * sum(mod.bias.numel() for mod in (m.q_y, m.q_x, m.k_x, m.gate))
+    norm = n * sum(p.numel() for p in list(m.norm_x.parameters()) + list(m.norm_y.parameters()))
+    d = m.embedding_dim
+    out = dict(macs=r["macs"], params=r["d_params"], formula_macs=r["table1_macs"], formula_params=r["table1_params"],
+               paper_gmacs=r["paper_d_gflops"], paper_mparams=r["paper_d_mparams"],
+               projection_macs=lowres * C * d, projection_params=proj, bias_params=bias, norm_params=norm,
+               mix_macs=lowres * 3 * d, steps=n, channels=C, embedding_dim=d)
+    out["macs_over_paper"] = r["macs"] / (1e9 * r["paper_d_gflops"]) - 1 if r["paper_d_gflops"] else math.nan
+    out["params_over_paper"] = r["d_params"] / (1e6 * r["paper_d_mparams"]) - 1 if r["paper_d_mparams"] else math.nan
+    return out
+
+
+def sapa_g_sentence(gap: Dict[str, float]) -> str:
+    """SAPA-G's cost gap to the paper, explained term by term (Markdown, from :func:`sapa_g_gap`)."""
+    g = gap
+    other_macs = g["macs"] - g["formula_macs"] - g["projection_macs"] - g["mix_macs"]
+    other_params = g["params"] - g["formula_params"] - g["projection_params"] - g["bias_params"] - g["norm_params"]
+    text = (f"SAPA-G is the exception: counted, its six steps cost {g['macs'] / 1e9:.2f} GMACs and "
+            f"{g['params'] / 1e6:.3f} M parameters, {100 * g['macs_over_paper']:.0f} % and "
+            f"{100 * g['params_over_paper']:.0f} % above the paper's +{g['paper_gmacs']:.2f} GFLOPs and "
+            f"+{g['paper_mparams']:.2f} M. The cause is one omitted projection, not bookkeeping: the paper's "
+            f"Table 1 row for SAPA-G (and its Table 2, which gives SAPA-G exactly SAPA-B's cost) leaves out "
+            f"the query's projection of the decoder feature, P_xx in q = g·P_y LN(y) + (1 − g)·P_xx up(x) "
+            f"(chapter 4): C·d = {g['channels'] * g['embedding_dim']:,} weights per step. Over the six steps it accounts for {g['projection_params'] / 1e6:.3f} M of the "
+            f"{(g['params'] - g['formula_params']) / 1e6:.3f} M parameters above the Table 1 formula and "
+            f"{g['projection_macs'] / 1e9:.3f} of the {(g['macs'] - g['formula_macs']) / 1e9:.3f} GMACs "
+            f"(C·d per low-resolution pixel, because `sapa.SAPA` projects x before the nearest upsampling; "
+            f"the official code projects after it, at four times that). The rest is "
+            f"{(g['bias_params'] + g['norm_params']) / 1e6:.3f} M of biases and LayerNorm affines and "
+            f"{g['mix_macs'] / 1e9:.4f} GMACs of the gated mix (8d per pixel against the formula's 5d).")
+    if abs(other_macs) > 0.5 or abs(other_params) > 0.5:  # never hide what the split does not explain
+        text += (f" Unexplained by these terms: {other_macs / 1e9:+.4f} GMACs and {other_params:+,.0f} "
+                 f"parameters.")
+    return text
+
+
+def head_summary(head) -> tuple:
+    """A table of a SegFormer decode head's modules: ``(header, rows)``, one row per module
+    (identical modules of a list in one row, e.g. the six upsamplers), with its type, what it
+    maps and its parameter count. ``head``: an ``nn.Module`` (e.g. ``model.decode_head``)."""
+    import torch.nn as nn
+
+    if not isinstance(head, nn.Module):
+        raise TypeError(f"head must be an nn.Module, got {type(head).__name__}")
+
+    def what(m) -> str:
+        inner = getattr(m, "sapa", None) or getattr(m, "proj", None)
+        if inner is not None and inner is not m:
+            return what(inner)
+        if isinstance(m, nn.Linear):
+            return f"{m.in_features} → {m.out_features} channels"
+        if isinstance(m, nn.Conv2d):
+            k = "×".join(map(str, m.kernel_size))
+            return f"{m.in_channels} → {m.out_channels} channels, {k}"
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return f"{m.num_features} channels"
+        if isinstance(m, nn.Dropout):
+            return f"p = {m.p}"
+        if hasattr(m, "variant") and hasattr(m, "kernel_size"):
+            return (f"SAPA-{m.variant}, {m.in_channels} channels, K = {m.kernel_size}, "
+                    f"d = {m.embedding_dim}")
+        return ""
+
+    def kind(m) -> str:
+        inner = getattr(m, "proj", None)
+        return type(m).__name__ + (f" ({type(inner).__name__})" if isinstance(inner, nn.Module) else "")
+
+    def params(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    rows = []
+    for name, child in head.named_children():
+        if isinstance(child, nn.ModuleList):
+            items = list(child)
+            if items and all(repr(c) == repr(items[0]) for c in items):
+                label = f"{name}.0–{len(items) - 1}" if len(items) > 1 else f"{name}.0"
+                rows.append([label, (f"{len(items)} × " if len(items) > 1 else "") + kind(items[0]),
+                             what(items[0]), f"{len(items)} × {params(items[0]):,}" if len(items) > 1
+                             else f"{params(items[0]):,}"])
+            else:
+                rows += [[f"{name}.{i}", kind(c), what(c), f"{params(c):,}"] for i, c in enumerate(items)]
+        else:
+            rows.append([name, kind(child), what(child), f"{params(child):,}"])
+    return ["module", "type", "maps", "parameters"], rows
+
+
+def runs_table(rows: Sequence[Dict[str, object]]):
+    """The stored runs as ``(header, rows)``: display name, seed, mIoU, boundary IoU and pixel
+    accuracy (%), steps and seconds."""
+    header = ["upsampler", "seed", "mIoU", "boundary IoU", "pixel acc.", "steps", "seconds"]
+    return header, [[_name(r["upsampler"]), r["seed"], f"{100 * r['miou']:.2f}", f"{100 * r['boundary_iou']:.2f}",
+                     f"{100 * r['pixel_acc']:.2f}", r["steps"], f"{r['seconds']:.0f}"] for r in rows]
+
+
+def _machine(text: str) -> str:
+    """A stored machine description with its counts pluralised ("1 threads" -> "1 thread")."""
+    import re
+
+    text = re.sub(r"torch threads: (\d+)", lambda m: _plural(int(m.group(1)), "torch thread"), text)
+    return re.sub(r"\b(\d+) (thread|CPU)s\b", lambda m: _plural(int(m.group(1)), m.group(2)), text)
+
+
+def run_details(meta: Dict[str, object]) -> str:
+    """The stored command and where/when it ran, as Markdown (empty without ``meta``)."""
+    if not meta:
+        return ""
+    parts = []
+    if meta.get("command"):
+        parts.append(f"Command: `{meta['command']}`.")
+    if meta.get("seconds") is not None:
+        where = f" on {_machine(str(meta['machine']))}" if meta.get("machine") else ""
+        when = f", {meta['date']}" if meta.get("date") else ""
+        parts.append(f"{float(meta['seconds']) / 60:.1f} min of training{where}{when}.")
+    versions = [f"{k} {meta[k]}" for k in ("torch", "transformers") if meta.get(k)]
+    if versions:
+        parts.append("Versions: " + ", ".join(versions) + ".")
+    return " ".join(parts)
+
+
+def curves_figure(meta: Dict[str, object], width: float = 4.4):
+    """The stored runs' validation curves (mIoU and boundary IoU in %, one panel each, stacked;
+    one colour per upsampler, one line per seed; integer epoch ticks). ``None`` without curves."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    curves = (meta or {}).get("curves") or {}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(2, 1, figsize=(width, 5.0), sharex=True, layout="constrained")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    order: List[str] = []
+    for key, curve in curves.items():
+        name = key.rsplit("/", 1)[0]
+        first = name not in order
+        if first:
+            order.append(name)
+        ep = [c["epoch"] for c in curve]
+        for ax, metric in zip(axes, ("miou", "boundary_iou")):
+            ax.plot(ep, [100 * c[metric] for c in curve], color=colours[order.index(name) % len(colours)],
+                    alpha=0.8, lw=1.2, label=_name(name) if first else None)
+    for ax, title in zip(axes, ("validation mIoU (%)", "validation boundary IoU (%)")):
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(frameon=False)
+    return fig
+
+
+def convergence(rows: Sequence[Dict[str, object]], meta: Dict[str, object]) -> Dict[str, object]:
+    """Numbers about how converged the stored runs are: ``epochs``, ``steps``, ``samples``,
+    ``minutes`` (None without meta), ``late`` (largest change of a run's validation mIoU over the
+    last quarter of its epochs, points; None without curves), ``spread`` (largest range of mIoU
+    over the seeds of one upsampler, points), ``seeds`` and ``means`` ({upsampler: {metric: %}})."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("rows is empty: nothing to summarise")
+    late = []
+    for curve in ((meta or {}).get("curves") or {}).values():
+        q = max(1, len(curve) // 4)
+        if len(curve) > q:
+            late.append(100 * abs(curve[-1]["miou"] - curve[-1 - q]["miou"]))
+    by: Dict[str, List[Dict]] = {}
+    for r in rows:
+        by.setdefault(r["upsampler"], []).append(r)
+    spread = max(100 * (max(r["miou"] for r in rs) - min(r["miou"] for r in rs)) for rs in by.values())
+    return dict(epochs=rows[0]["epochs"], steps=rows[0]["steps"], samples=rows[0]["train_samples"],
+                minutes=float(meta["seconds"]) / 60 if meta and meta.get("seconds") is not None else None,
+                late=max(late) if late else None, spread=spread, seeds=sorted({r["seed"] for r in rows}),
+                means={u: {m: 100 * sum(r[m] for r in rs) / len(rs) for m in ("miou", "boundary_iou")}
+                       for u, rs in by.items()})
+
+
+def convergence_sentence(rows: Optional[Sequence[Dict[str, object]]], meta: Dict[str, object]) -> str:
+    """The chapter's paragraph on how far the stored runs trained and how converged they are
+    (Markdown), computed by :func:`convergence`; one sentence when there are no rows."""
+    if not rows:
+        return "Without the stored result (see above) there are no stored runs to describe."
+    c = convergence(rows, meta)
+    text = (f"The stored runs trained {c['epochs']} epochs of {c['samples']} fresh images "
+            f"({c['steps']} steps")
+    text += (f", {c['minutes']:.1f} minutes for all {len(rows)} runs)." if c["minutes"] is not None else ").")
+    if c["late"] is not None:
+        closer = c["late"] < c["spread"]
+        text += (f" Over the last quarter of the epochs no run's mIoU moved by more than {c['late']:.1f} points, "
+                 f"while the seeds of one upsampler spread over up to {c['spread']:.1f} points: "
+                 + ("the runs are close to where this schedule takes them, though a longer schedule would "
+                    "still gain a little." if closer else
+                    "the runs were still moving by as much as the seeds differ, so a longer schedule could "
+                    "change the comparison."))
+    else:
+        text += (f" The seeds of one upsampler spread over up to {c['spread']:.1f} points; without the "
+                 f"stored curves the late change of the runs cannot be shown.")
+    means = "; ".join(f"{_name(u)} {v['miou']:.1f} mIoU and {v['boundary_iou']:.1f} boundary IoU"
+                      for u, v in c["means"].items())
+    text += f" Averaged over the {_plural(len(c['seeds']), 'seed')}: {means}."
+    return text
+
+
+def paired(rows: Optional[Sequence[Dict[str, object]]], upsampler: str = "sapa-b", baseline: str = "bilinear",
+           metrics: Sequence[str] = ("miou", "boundary_iou")) -> Optional[Dict[str, Dict]]:
+    """``{metric: result}``: the paired difference ``upsampler - baseline`` over the seeds both
+    have (:func:`sapa.lab.stats.paired_differences`, 95 % t interval); ``None`` without rows or
+    with fewer than two common seeds."""
+    from .stats import paired_differences
+
+    if not rows:
+        return None
+    rows = [r for r in rows if r["upsampler"] in (upsampler, baseline)]
+    common = {r["seed"] for r in rows if r["upsampler"] == upsampler} & {
+        r["seed"] for r in rows if r["upsampler"] == baseline}
+    if len(common) < 2:
+        return None
+    rows = [r for r in rows if r["seed"] in common]
+    return {m: paired_differences(rows, m, baseline=baseline, key="upsampler", settings=[upsampler])[0]
+            for m in metrics}
+
+
+_METRIC = {"miou": "mIoU", "boundary_iou": "boundary IoU"}
+
+
+def paired_table(diffs: Dict[str, Dict]):
+    """``(header, rows)`` of :func:`paired`'s results: metric, seeds, mean difference and its
+    95 % t interval (points), p."""
+    header = ["metric", "seeds", "mean difference (points)", "95 % t interval", "p"]
+    return header, [[_METRIC.get(m, m), d["n"], _signed(100 * d["mean"]),
+                     f"[{_signed(100 * d['ci_low'])}, {_signed(100 * d['ci_high'])}]", f"{d['p']:.3f}"]
+                    for m, d in diffs.items()]
+
+
+def _excludes(d: Dict) -> bool:
+    return d["ci_low"] > 0 or d["ci_high"] < 0
+
+
+def paired_sentence(diffs: Optional[Dict[str, Dict]], upsampler: str = "sapa-b", baseline: str = "bilinear") -> str:
+    """The paired result in words (Markdown): each metric's mean difference, its interval and
+    whether the interval excludes zero, and the t quantile of the seeds."""
+    from .stats import t_ppf
+
+    if not diffs:
+        return ("Without at least two stored seeds of both upsamplers (see above) there is no paired "
+                "difference to report.")
+    n = next(iter(diffs.values()))["n"]
+    parts = [f"{_signed(100 * d['mean'])} {_METRIC.get(m, m)} points (95 % interval {_signed(100 * d['ci_low'])} "
+             f"to {_signed(100 * d['ci_high'])}, which {'excludes' if _excludes(d) else 'includes'} zero)"
+             for m, d in diffs.items()]
+    return (f"Over {_plural(n, 'pair')}, {_name(upsampler)} minus {_name(baseline)} is " + _join(parts) + ". "
+            f"With {n} pairs the t quantile is {t_ppf(0.975, n - 1):.2f}, so an interval is wide unless the "
+            f"per-seed differences agree closely; the paired design is what makes {n} seeds worth reading at all.")
+
+
+def reading_sentence(diffs: Optional[Dict[str, Dict]], metric: str = "miou") -> str:
+    """What the experiment says about the two upsamplers on ``metric`` (Markdown)."""
+    if not diffs:
+        return "Without the stored result this page cannot say whether the experiment separates the two upsamplers."
+    d = diffs[metric]
+    if _excludes(d):
+        return (f"Here the {_METRIC.get(metric, metric)} interval excludes zero, so this experiment separates the "
+                f"two upsamplers ({'SAPA-B higher' if d['mean'] > 0 else 'SAPA-B lower'}).")
+    return (f"Here the {_METRIC.get(metric, metric)} interval includes zero, so this experiment does not "
+            f"separate the two upsamplers.")
+
+
+def summary_sentence(diffs: Optional[Dict[str, Dict]], metric: str = "miou") -> str:
+    """The chapter summary's line on the stored experiment (Markdown)."""
+    if not diffs:
+        return ("On the textures task the stored comparison of a tiny random-initialised SegFormer with "
+                "SAPA-B and with bilinear was not available to this page (see the stored result's section).")
+    d = diffs[metric]
+    return (f"On the textures task, a tiny random-initialised SegFormer gives a paired SAPA-B − bilinear "
+            f"difference of {_signed(100 * d['mean'])} {_METRIC.get(metric, metric)} points (95 % t interval "
+            f"{_signed(100 * d['ci_low'])} to {_signed(100 * d['ci_high'])} over {_plural(d['n'], 'seed')}); it "
+            f"speaks to this toy setting only, not to ADE20K with a pretrained encoder.")
 
 
 # --------------------------------------------------------------------------------------
