@@ -181,6 +181,45 @@ def test_glued_text_without_quotes(book):
             assert not re.match(r"""^(['"]).*\1$""", value), f"{page.relative_to(book)}: glued {value}"
 
 
+#: template text a reader should never see: "(s)"/"(es)" plurals, an "n/a" sentence pasted into
+#: a possessive, a signed zero, or a zero spread where the value is not zero
+TEMPLATE_TEXT = [
+    (re.compile(r"\b[A-Za-z]+\((?:s|es)\)(?![A-Za-z])"), "a '(s)' plural"),
+    (re.compile(r"n/a\b[^.\n]{0,120}?['\u2019]s\b"), "an 'n/a' pasted into a sentence"),
+    (re.compile(r"(?<![\w.])[-\u2212]0(?:\.0+)?(?![\d.])"), "a signed zero ('-0.0')"),
+    (re.compile(r"(?:\u00b1|\+-|\+/-)\s*0(?:\.0+)?(?![\d.])"), "a zero spread ('\u00b1 0.0')"),
+]
+
+
+def _template_text(prose: str) -> list:
+    found = []
+    for pattern, what in TEMPLATE_TEXT:
+        for m in pattern.finditer(prose):
+            found.append(f"{what}: ...{prose[max(m.start() - 60, 0):m.end() + 30].strip()}...")
+    return found
+
+
+def test_no_template_text(book):
+    """The prose of every page reads as written text: no '(s)' plurals, no 'n/a ...'s', no
+    '-0.0 points', no '\u00b1 0.0' (a value of 0.04 shown with too few digits)."""
+    bad = {}
+    for page in _pages(book):
+        hits = _template_text(" ".join(_prose(page.read_text()).split()))
+        if hits:
+            bad[str(page.relative_to(book))] = hits[:3]
+    assert not bad, "template text in the pages: " + "; ".join(f"{k}: {v}" for k, v in bad.items())
+
+
+def test_template_text_is_detected():
+    """What a reader saw in chapters 6-9 is caught; ordinary text is not."""
+    for text in ("the gate improve(s) it", "over 3 seed(s)", "n/a (fewer than two complete seeds)'s (n/a points)",
+                 "a difference of -0.0 points", "0.52 \u00b1 0.0", "a gain of \u22120.00"):
+        assert _template_text(text), text
+    for text in ("seeds 0-4", "x - 0.05", "-0.04 points", "\u00b1 0.04", "K = 5 (s = 2)", "1/(s) of", "10-0.5",
+                 "sizes (e.g. 64)"):
+        assert not _template_text(text), text
+
+
 def test_stray_glue_is_detected():
     """The two checks above catch the failures the reader saw."""
     box = '<div class="output text_plain highlight-myst-ansi notranslate"><div class="highlight"><pre><span></span>&#39;0.000&#39;\n</pre></div>'
@@ -327,6 +366,10 @@ WIDTHS = (1280, 400)
 #: Text in figures is drawn at >= 10 pt (sapa.lab.plotting.BOOK_STYLE); shown at >= 90 % of its
 #: size on a 1280 px screen it stays >= 9 pt.
 MIN_FIGURE_SCALE = 0.9
+#: on a 400 px phone screen a figure shrinks to the column: its smallest text must stay >= 7 pt
+from sapa.lab.plotting import MIN_FONT_PT  # noqa: E402  the smallest text of a book figure
+
+MIN_PHONE_PT = 7
 
 
 @pytest.fixture(scope="session")
@@ -403,6 +446,11 @@ def test_browser_page(book, chromium, tmp_path, relpage, width):
         small = [(i["src"], round(i["shown"] / i["intended"], 2)) for i in report["images"]
                  if i["output"] and i["intended"] and i["shown"] / i["intended"] < MIN_FIGURE_SCALE]
         assert not small, f"{where}: figures shrunk below {MIN_FIGURE_SCALE:.0%} (text < 9 pt): {small[:4]}"
+    else:
+        tiny = [(i["src"], round(MIN_FONT_PT * i["shown"] / i["intended"], 1)) for i in report["images"]
+                if i["output"] and i["intended"] and MIN_FONT_PT * i["shown"] / i["intended"] < MIN_PHONE_PT]
+        assert not tiny, (f"{where}: figures whose smallest text is below {MIN_PHONE_PT} pt on a phone "
+                          f"(src, pt): {tiny[:4]}")
     if failures:   # last, so that every other check of the page has run
         pytest.xfail("known failures of a chapter being rewritten: " + "; ".join(failures.values()))
 

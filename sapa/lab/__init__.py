@@ -9,6 +9,7 @@ Its modules (``pip install sapa[book]`` brings numpy, tqdm, matplotlib and safet
 * :mod:`sapa.lab.mechanism`: the controlled mechanism experiment, ``python -m sapa.lab.mechanism``;
 * :mod:`sapa.lab.hf`: the trained SegFormer toy experiment of chapter 9;
 * :mod:`sapa.lab.steps`: training steps of the book's model per upsampler, ``python -m sapa.lab.steps``;
+* :mod:`sapa.lab.comparison`, :mod:`sapa.lab.ablations`: the analyses of chapters 6 and 8 (and the preface);
 * :mod:`sapa.lab.metrics`, :mod:`sapa.lab.stats`: segmentation metrics, paired intervals, Holm;
 * :mod:`sapa.lab.results`, :mod:`sapa.lab.checkpoint`: the stored results and models, training
   checkpoints (loading never runs code);
@@ -18,7 +19,8 @@ Submodules are imported on first attribute access (``sapa.lab.stats.paired_diffe
 """
 import importlib
 
-_SUBMODULES = ("data", "models", "train", "sweep", "mechanism", "hf", "steps", "metrics", "stats", "results",
+_SUBMODULES = ("data", "models", "train", "sweep", "mechanism", "hf", "steps", "comparison", "ablations", "metrics",
+               "stats", "results",
                "checkpoint", "plotting", "profiles")
 
 
