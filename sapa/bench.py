@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from .backends import available_backends
 from .functional import sapa_upsample
 
-__all__ = ["materialised", "run_case", "run", "format_table", "main", "BASELINE", "SPREAD_LIMIT"]
+__all__ = ["materialised", "run_case", "run", "format_table", "machine_floor", "floor_seconds", "main", "BASELINE",
+           "SPREAD_LIMIT"]
 
 #: the baseline method of the ratios
 BASELINE = "materialised"
@@ -215,6 +216,59 @@ def check_methods(methods: Sequence[str], device: str) -> List[str]:
     return out
 
 
+def machine_floor(threads: int = 1, repeats: int = 5, matmul_n: int = 1024, copy_mib: int = 64) -> Dict:
+    """This CPU's floor on ``threads`` intra-op threads, measured now: float32 matmul FLOP/s
+    (a ``matmul_n`` square ``torch.mm``, 2 n^3 FLOPs) and copy bandwidth (``copy_`` of a
+    ``copy_mib`` MiB float32 tensor: its bytes read plus written), the best of ``repeats``.
+
+    Returns dict with ``flops`` (FLOP/s), ``bandwidth`` (bytes/s) and ``threads``.
+    """
+    if threads < 1 or repeats < 1:
+        raise ValueError(f"threads and repeats must be positive, got {threads} and {repeats}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(matmul_n, matmul_n, generator=g)
+        b = torch.randn(matmul_n, matmul_n, generator=g)
+        src = torch.randn(copy_mib * 2**18, generator=g)
+        dst = torch.empty_like(src)
+        torch.mm(a, b)
+        dst.copy_(src)
+        mm, cp = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            mm.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            cp.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return dict(flops=2 * matmul_n ** 3 / min(mm), bandwidth=2 * src.numel() * 4 / min(cp), threads=threads)
+
+
+def floor_seconds(r: Dict, floor: Dict) -> float:
+    """The least time the operator of result ``r`` can take on a machine with ``floor``
+    (:func:`machine_floor`): the larger of its FLOPs at the matmul rate and its bytes (the
+    fused scheme of :mod:`sapa.traffic`: inputs read once, output written once) at the copy
+    bandwidth. FLOPs: forward ``2 N K^2 (d + C)`` (similarities and weighted sum over the
+    N = B H' W' output pixels); the backward twice that (the gradients of the weights, value,
+    query and key)."""
+    from .traffic import backward_bytes, bytes_moved
+
+    size = torch.tensor([], dtype=getattr(torch, r["dtype"])).element_size()
+    Hq = int(round(r["scale"] * r["H"]))
+    n_out = r["B"] * Hq * Hq
+    macs = n_out * r["K"] ** 2 * (r["d"] + r["C"])
+    shape = (r["B"], r["C"], r["d"], r["K"], r["scale"], r["H"], r["H"], size)
+    nbytes = bytes_moved(*shape, "fused")
+    if r["backward"]:
+        macs *= 3
+        nbytes += backward_bytes(*shape)
+    return max(2 * macs / floor["flops"], nbytes / floor["bandwidth"])
+
+
 def default_methods(device: str) -> List[str]:
     """Baseline, every backend usable on ``device`` except the slow ``"reference"``, bilinear."""
     names = available_backends()
@@ -231,14 +285,18 @@ def default_methods(device: str) -> List[str]:
 
 def run(methods=None, sizes=(16, 32, 64), B=2, C=256, d=32, K=5, scale=2, dtype="float32", device=None,
         passes=("forward", "forward+backward"), progress=True, threads: Sequence[int] = (1,), repeats: int = 7,
-        min_time: float = 0.0, measure_memory: bool = True, max_runs: Optional[int] = None) -> List[Dict]:
+        min_time: float = 0.0, measure_memory: bool = True, max_runs: Optional[int] = None,
+        floor: bool = True) -> List[Dict]:
     """Run every (threads, size, pass) group, methods interleaved; returns a list of result dicts.
 
     ``methods`` defaults to :func:`default_methods`; the baseline ``"materialised"`` is always
     added (first). ``repeats`` rounds per group (and at least ``min_time`` seconds). Each result
     has ``seconds`` (median), ``min_seconds``, ``max_seconds``, ``runs``, ``peak_bytes``
     and, against the baseline, ``speedup``, ``time_ratio`` (its inverse), ``memory_ratio`` and
-    ``flags`` (a list, empty when the numbers can carry the ratio).
+    ``flags`` (a list, empty when the numbers can carry the ratio). On a CPU with ``floor``,
+    the machine's floor is measured in the same run for each thread count (:func:`machine_floor`)
+    and every operator result gets ``floor_seconds`` (:func:`floor_seconds`) and ``x_floor``
+    (its median time as a multiple of that).
     """
     if max_runs is not None:  # older keyword
         repeats = max_runs
@@ -259,9 +317,12 @@ def run(methods=None, sizes=(16, 32, 64), B=2, C=256, d=32, K=5, scale=2, dtype=
         except ImportError:  # pragma: no cover
             pass
     results: List[Dict] = []
+    floors: Dict[int, Dict] = {}
     n_before = torch.get_num_threads()
     try:
         for n, H, p in groups:
+            if floor and not cuda and n not in floors:
+                floors[n] = machine_floor(n)
             torch.set_num_threads(n)
             backward = p != "forward"
             q, k, v, grad = _inputs(B, C, d, H, scale, getattr(torch, dtype), device, backward)
@@ -278,8 +339,13 @@ def run(methods=None, sizes=(16, 32, 64), B=2, C=256, d=32, K=5, scale=2, dtype=
                     if bar is not None:
                         bar.update(1)
                 ts = times[m]
-                results.append(dict(case, seconds=statistics.median(ts), min_seconds=min(ts), max_seconds=max(ts),
-                                    runs=len(ts), peak_bytes=peak))
+                res = dict(case, seconds=statistics.median(ts), min_seconds=min(ts), max_seconds=max(ts),
+                           runs=len(ts), peak_bytes=peak)
+                if n in floors and m != "bilinear":
+                    res["floor_seconds"] = floor_seconds(res, floors[n])
+                    res["x_floor"] = res["seconds"] / res["floor_seconds"]
+                    res["floor"] = floors[n]
+                results.append(res)
     finally:
         torch.set_num_threads(n_before)
         if bar is not None:
@@ -335,11 +401,15 @@ def _add_gbps(results: List[Dict]) -> None:
 def format_table(results: List[Dict]) -> str:
     """Markdown table of :func:`run` results (speed-up and memory against the materialised baseline)."""
     has_gbps = any("gbps" in r for r in results)
+    has_floor = any("x_floor" in r for r in results)
     head = ("| size | pass | threads | method | median (ms) | min | max | speed-up vs materialised "
             "| peak mem (MiB) | x materialised | flags |")
     sep = "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"
     if has_gbps:
         head += " GB/s |"
+        sep += "---:|"
+    if has_floor:
+        head += " x floor |"
         sep += "---:|"
     lines = [head, sep]
     nan = float("nan")
@@ -353,6 +423,8 @@ def format_table(results: List[Dict]) -> str:
                f"| {' '.join(r.get('flags', []))} |")
         if has_gbps:
             row += f" {r['gbps']:.0f} |" if "gbps" in r else " |"
+        if has_floor:
+            row += f" {r['x_floor']:.2f} |" if "x_floor" in r else " |"
         lines.append(row)
     return "\n".join(lines)
 
@@ -373,6 +445,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.add_argument("--no-floor", action="store_true", help="skip the CPU floor (matmul FLOP/s, copy bandwidth)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     p.add_argument("--_peak", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -392,13 +465,28 @@ def main(argv=None):
     except ValueError as exc:
         sys.exit(f"sapa.bench: error: {exc}")
     results = run(methods, a.sizes, a.batch, a.channels, a.dim, a.kernel_size, a.scale, a.dtype, device,
-                  progress=not a.json, threads=a.threads, repeats=a.repeats, measure_memory=not a.no_memory)
+                  progress=not a.json, threads=a.threads, repeats=a.repeats, measure_memory=not a.no_memory,
+                  floor=not a.no_floor)
     if a.json:
         print(json.dumps(results, indent=1))
         return
     print(f"# sapa.bench: B={a.batch} C={a.channels} d={a.dim} K={a.kernel_size} x{a.scale} {a.dtype} on {device}, "
           f"torch {torch.__version__}, {a.repeats} interleaved rounds; times in ms (median, min, max)")
     print(format_table(results))
+    floors = {r["threads"]: r["floor"] for r in results if "floor" in r}
+    for n, f in sorted(floors.items()):
+        print(f"floor on {n} thread{'s' if n != 1 else ''}: matmul {f['flops'] / 1e9:.1f} GFLOP/s, copy "
+              f"{f['bandwidth'] / 1e9:.1f} GB/s (x floor = median time / max(FLOPs / matmul rate, fused bytes / "
+              f"copy bandwidth))")
+    if len(floors) > 1:
+        lo, hi = min(floors), max(floors)
+        for r in results:
+            if r["threads"] == lo and r["method"] not in (BASELINE, "bilinear"):
+                other = next((x for x in results if x["threads"] == hi and x["method"] == r["method"]
+                              and x["H"] == r["H"] and x["backward"] == r["backward"]), None)
+                if other is not None:
+                    print(f"{r['method']} {r['H']}->{r['H'] * r['scale']} {'fwd+bwd' if r['backward'] else 'fwd'}: "
+                          f"{hi} threads {r['seconds'] / other['seconds']:.2f}x faster than {lo}")
     flagged = [r for r in results if r["flags"]]
     if flagged:
         print(f"\n{len(flagged)} result(s) flagged: their spread makes the ratio unreliable "

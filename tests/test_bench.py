@@ -137,3 +137,33 @@ def test_gbps_counts_forward_plus_fused_backward_bytes():
     assert "gbps" not in by[("materialised", False)]
     assert by[("triton", False)]["gbps"] == pytest.approx(fwd / 1e-3 / 1e9)
     assert by[("triton", True)]["gbps"] == pytest.approx((fwd + bwd) / 1e-3 / 1e9)
+
+
+def test_floor_seconds_is_the_roofline():
+    """The floor of a case is the larger of its FLOPs at the matmul rate and its fused bytes at
+    the copy bandwidth; the backward has three times the forward's FLOPs."""
+    from sapa.traffic import backward_bytes, bytes_moved
+
+    r = dict(B=2, C=256, d=32, K=5, scale=2, H=64, dtype="float32", backward=False)
+    n_out = 2 * 128 * 128
+    flops = 2 * n_out * 25 * (32 + 256)
+    nbytes = bytes_moved(2, 256, 32, 5, 2, 64, 64, 4, "fused")
+    assert bench.floor_seconds(r, dict(flops=1e12, bandwidth=1e15)) == pytest.approx(flops / 1e12)
+    assert bench.floor_seconds(r, dict(flops=1e15, bandwidth=1e9)) == pytest.approx(nbytes / 1e9)
+    rb = dict(r, backward=True)
+    assert bench.floor_seconds(rb, dict(flops=1e12, bandwidth=1e15)) == pytest.approx(3 * flops / 1e12)
+    extra = backward_bytes(2, 256, 32, 5, 2, 64, 64, 4)
+    assert bench.floor_seconds(rb, dict(flops=1e15, bandwidth=1e9)) == pytest.approx((nbytes + extra) / 1e9)
+
+
+def test_run_measures_the_floor_on_the_cpu(one_thread):
+    f = bench.machine_floor(1, repeats=2, matmul_n=128, copy_mib=1)
+    assert f["flops"] > 1e7 and f["bandwidth"] > 1e7 and f["threads"] == 1
+    res = bench.run(["torch", "bilinear"], sizes=(4,), C=8, d=4, K=3, device="cpu", progress=False,
+                    passes=("forward",), repeats=2, measure_memory=False)
+    by = {r["method"]: r for r in res}
+    assert "x_floor" not in by["bilinear"]
+    for m in ("materialised", "torch"):
+        assert by[m]["x_floor"] == pytest.approx(by[m]["seconds"] / by[m]["floor_seconds"])
+        assert by[m]["floor_seconds"] == pytest.approx(bench.floor_seconds(by[m], by[m]["floor"]))
+    assert "x floor" in bench.format_table(res)
