@@ -489,7 +489,7 @@ def main(argv=None):
                           f"{hi} threads {r['seconds'] / other['seconds']:.2f}x faster than {lo}")
     flagged = [r for r in results if r["flags"]]
     if flagged:
-        print(f"\n{len(flagged)} result(s) flagged: their spread makes the ratio unreliable "
+        print(f"\n{len(flagged)} result{'s' if len(flagged) != 1 else ''} flagged: their spread makes the ratio unreliable "
               f"(spread: (max/min of method) x (max/min of baseline) > {SPREAD_LIMIT:g}; fwd+bwd<fwd: the machine "
               f"was busier during the forward); rerun on a quieter machine.")
 

@@ -416,7 +416,7 @@ def stored_rows(start=None) -> Tuple[Optional[List[Dict]], str]:
 
 def _machine() -> str:
     return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+            f"torch {torch.__version__}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -437,7 +437,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         bad = [u for u in a.upsamplers if u not in available_segmenter_upsamplers()]
         if bad:
-            p.error(f"unknown upsampler(s) {bad}; available: {', '.join(available_segmenter_upsamplers())}")
+            p.error(f"unknown upsampler{'s' if len(bad) != 1 else ''} {bad}; available: {', '.join(available_segmenter_upsamplers())}")
         cfg.upsamplers = tuple(a.upsamplers)
     if a.sigmas:
         if any(s < 0 for s in a.sigmas):
@@ -463,7 +463,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         old = {}
     invocation = dict(command="python -m sapa.lab.mechanism " + " ".join(argv if argv is not None else sys.argv[1:]),
                       seconds=round(time.time() - t0, 1), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                      machine=_machine() + f", {a.workers} worker process(es)", rows=len(rows))
+                      machine=_machine() + f", {a.workers} worker process{'es' if a.workers != 1 else ''}",
+                      rows=len(rows))
     if interrupted:
         invocation["interrupted"] = True
     invocations = list(old.get("invocations", [])) + [invocation]

@@ -413,11 +413,11 @@ def run_sweep(grid_name: str, seeds: Iterable[int], out_csv: str, runs_dir: str 
     rows = sorted((r for r in read_csv(out_path) if (r["group"], r["setting"], r["run"]) in wanted),
                   key=lambda r: wanted[(r["group"], r["setting"], r["run"])]) if out_path.exists() else []
     if progress:
-        print(f"{len(unique)} run(s) trained, {len(rows)} rows of this sweep in {out_csv} "
+        print(f"{len(unique)} run{'s' if len(unique) != 1 else ''} trained, {len(rows)} rows of this sweep in {out_csv} "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     if failures:
         detail = "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in failures.items())
-        raise RuntimeError(f"{len(failures)} run(s) failed (the others are in {out_csv}; rerun to resume): {detail}")
+        raise RuntimeError(f"{len(failures)} run{'s' if len(failures) != 1 else ''} failed (the others are in {out_csv}; rerun to resume): {detail}")
     return rows
 
 
@@ -639,7 +639,7 @@ def summarize(rows: List[Dict], keys=("group", "setting"), metrics=("miou", "bou
 
 def _machine(workers: int) -> str:
     return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-            f"{workers} worker process(es) x 1 thread")
+            f"{workers} worker process{'es' if workers != 1 else ''} x 1 thread")
 
 
 #: TrainConfig fields the CLI exposes: (flag, type, choices, help)
@@ -743,8 +743,8 @@ def main(argv=None) -> int:
                   f"{r['evals']} validations){shared}")
         bound = ("an upper bound: the plateau schedule may stop before" if est["schedule"] == "plateau"
                  else "every run trains all")
-        print(f"estimated wall time of --grid {a.grid} with {len(a.seeds)} seed(s) on {a.workers} worker(s): "
-              f"{est['total_s'] / 3600:.2f} h for {len(est['runs'])} distinct run(s) per seed under the "
+        print(f"estimated wall time of --grid {a.grid} with {len(a.seeds)} seed{'s' if len(a.seeds) != 1 else ''} on {a.workers} worker{'s' if a.workers != 1 else ''}: "
+              f"{est['total_s'] / 3600:.2f} h for {len(est['runs'])} distinct run{'s' if len(est['runs']) != 1 else ''} per seed under the "
               f"{est['schedule']} schedule ({bound} {est['epochs']} epochs); runs already in a CSV are not "
               f"subtracted")
         return 0
