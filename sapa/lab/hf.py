@@ -26,12 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from ..hf import _check_name, _transformers, segformer_with_upsampler, tiny_config
-from .results import RAW_URL as RESULTS_URL  # where stored results are fetched from without a checkout
 
 __all__ = ["EXPERIMENT", "QUICK", "CSV_FIELDS", "STORED_COMMAND", "train_segformer", "run_sweep", "load_results",
            "stored_results", "overhead_rows", "sapa_g_gap", "sapa_g_sentence", "head_summary", "runs_table",
            "run_details", "curves_figure", "convergence", "convergence_sentence", "paired", "paired_table",
-           "paired_sentence", "reading_sentence", "summary_sentence", "RESULTS_URL", "main"]
+           "paired_sentence", "reading_sentence", "summary_sentence", "main"]
 
 #: the command that wrote book/results/segformer.csv (and its .json)
 STORED_COMMAND = "python -m sapa.lab.hf --train --seeds 0 1 2 --threads 1 --out book/results/segformer.csv"
