@@ -129,3 +129,26 @@ def test_kernel_study(one_thread):
     assert set(out) == {("sapa-b", 0.0), ("sapa-b", 4.0), ("carafe", 0.0), ("carafe", 4.0)}
     km = out[("sapa-b", 4.0)]
     assert km["same_class_mass"].shape == (CFG.size, CFG.size) and 0 <= km["scores"]["boundary_acc"] <= 1
+
+
+def test_stored_rows_keeps_the_full_profile_only(tmp_path, monkeypatch):
+    """mechanism.stored_rows: rows of the full profile's config only; a missing file says so."""
+    import csv as _csv
+
+    from sapa.lab import mechanism, results
+
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    rows, status = mechanism.stored_rows()
+    assert rows is None and "not there yet" in status and "sapa.lab.mechanism" in status
+    full = mechanism._config_id(mechanism.PROFILES["full"])
+    quick = mechanism._config_id(mechanism.PROFILES["quick"])
+    assert full != quick
+    with open(tmp_path / "mechanism.csv", "w", newline="") as f:
+        w = _csv.DictWriter(f, fieldnames=mechanism.CSV_COLUMNS)
+        w.writeheader()
+        base = {k: "0" for k in mechanism.CSV_COLUMNS}
+        for cid, seed in ((full, 0), (quick, 0), (full, 1)):
+            w.writerow(dict(base, upsampler="sapa-b", sigma="0.5", seed=seed, converged="True", config_id=cid))
+    rows, status = mechanism.stored_rows()
+    assert [(r["seed"], r["config_id"]) for r in rows] == [(0, full), (1, full)]
+    assert "2 of the 225 planned fits" in status and "1 row of other settings" in status

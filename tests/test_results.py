@@ -89,32 +89,129 @@ def test_no_unsafe_load_anywhere():
     assert calls > 0
 
 
-def test_stored_file_local_then_fetched_without_checkout(tmp_path, monkeypatch):
-    """stored_file: the checkout's copy first; without a checkout (Colab) fetched once from
-    RAW_URL into the cache (a file:// URL stands in for the repository here)."""
+class _Remote:
+    """A local HTTP server (127.0.0.1) standing in for the published repository's raw files."""
+
+    def __init__(self, root: Path):
+        import functools
+        import http.server
+        import threading
+
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/{{ref}}/"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _quiet_handler():
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+_QuietHandler = _quiet_handler()
+
+
+@pytest.fixture
+def remote(tmp_path, monkeypatch):
+    """No checkout; the repository's files served over HTTP on 127.0.0.1; a fresh cache."""
     from sapa.lab import results
 
-    local = tmp_path / "local"
-    local.mkdir()
-    (local / "main.csv").write_text("a,b\n1,2\n")
-    monkeypatch.setenv(results.ENV_VAR, str(local))
-    assert results.stored_file("main.csv") == local / "main.csv"
-
-    remote = tmp_path / "remote"
-    (remote / "models").mkdir(parents=True)
-    (remote / "models" / "m.json").write_text('{"x": 1}')
-    monkeypatch.delenv(results.ENV_VAR)
+    root = tmp_path / "remote"
+    (root / "main" / "models").mkdir(parents=True)
+    (root / "v1").mkdir()
+    server = _Remote(root)
+    monkeypatch.delenv(results.ENV_VAR, raising=False)
+    monkeypatch.delenv(results.REF_VAR, raising=False)
     monkeypatch.setattr(results, "results_dir", lambda start=None: None)
-    monkeypatch.setattr(results, "RAW_URL", remote.as_uri() + "/")
+    monkeypatch.setattr(results, "RAW_URL", server.url)
+    monkeypatch.setattr(results, "_CHECKED", {})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    got = results.stored_file("models/m.json")
-    assert got == tmp_path / "cache" / "sapa" / "results" / "models" / "m.json"
-    assert got.read_text() == '{"x": 1}'
-    (remote / "models" / "m.json").unlink()
-    assert results.stored_file("models/m.json") == got  # the cached copy, no second fetch
-    with pytest.raises(FileNotFoundError, match="missing.csv"):
-        results.stored_file("missing.csv")
-    with pytest.raises(FileNotFoundError, match="not found"):
-        results.stored_file("other.csv", download=False)
+    yield root, server
+    server.stop()
+
+
+def test_stored_file_prefers_the_checkout(tmp_path, monkeypatch):
+    from sapa.lab import results
+
+    (tmp_path / "main.csv").write_text("a,b\n1,2\n")
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    assert results.stored_file("main.csv") == tmp_path / "main.csv"
+    with pytest.raises(results.StoredFileUnavailable) as err:
+        results.stored_file("other.csv")  # a checkout never downloads by default
+    assert err.value.reason == "missing" and "not there yet" in results.unavailable_sentence(err.value, "cmd")
     with pytest.raises(ValueError, match="relative"):
         results.stored_file("../etc/passwd")
+
+
+def test_stored_file_fetched_cached_and_refreshed(remote, tmp_path, monkeypatch):
+    """Without a checkout: fetched into a per-ref cache, revalidated once per process (a changed
+    remote file replaces the copy), the copy used when the remote cannot be reached."""
+    from sapa.lab import results
+
+    root, server = remote
+    (root / "main" / "models" / "m.json").write_text('{"x": 1}')
+    got = results.stored_file("models/m.json")
+    assert got == tmp_path / "cache" / "sapa" / "results" / "main" / "models" / "m.json"
+    assert got.read_text() == '{"x": 1}'
+    # the remote changes: the same process keeps its checked copy; a new process sees the change
+    import os
+    import time
+
+    (root / "main" / "models" / "m.json").write_text('{"x": 2}')
+    future = time.time() + 10
+    os.utime(root / "main" / "models" / "m.json", (future, future))
+    assert results.stored_file("models/m.json").read_text() == '{"x": 1}'
+    monkeypatch.setattr(results, "_CHECKED", {})
+    assert results.stored_file("models/m.json").read_text() == '{"x": 2}'
+    # an unchanged remote answers 304: the copy stays
+    monkeypatch.setattr(results, "_CHECKED", {})
+    assert results.stored_file("models/m.json").read_text() == '{"x": 2}'
+    # a pinned ref reads its own folder and cache
+    (root / "v1" / "main.csv").write_text("pinned\n")
+    monkeypatch.setenv(results.REF_VAR, "v1")
+    assert results.stored_file("main.csv").read_text() == "pinned\n"
+    assert results.stored_file("main.csv").parent.name == "v1"
+    monkeypatch.setenv(results.REF_VAR, "../x")
+    with pytest.raises(ValueError, match="SAPA_RESULTS_REF"):
+        results.stored_file("main.csv")
+    monkeypatch.delenv(results.REF_VAR)
+    # not in the repository (HTTP 404): missing, i.e. not computed yet
+    with pytest.raises(results.StoredFileUnavailable) as err:
+        results.stored_file("table6.csv")
+    assert err.value.reason == "missing"
+    assert "not there yet" in results.unavailable_sentence(err.value, "python -m x")
+    # offline: the cached copy is used; a file never fetched cannot be had, and the sentence says why
+    server.stop()
+    monkeypatch.setattr(results, "_CHECKED", {})
+    assert results.stored_file("models/m.json").read_text() == '{"x": 2}'
+    with pytest.raises(results.StoredFileUnavailable) as err:
+        results.stored_file("mechanism.csv")
+    assert err.value.reason == "download" and isinstance(err.value, FileNotFoundError)
+    sentence = results.unavailable_sentence(err.value, "python -m x")
+    assert "could not be downloaded" in sentence and "python -m x" not in sentence and "not there yet" not in sentence
+
+
+def test_repo_root_is_this_repository_only(tmp_path):
+    """Another Jupyter Book (or Jekyll) project also has a _config.yml: it is not this repository."""
+    from sapa.lab import results
+
+    other = tmp_path / "other-book"
+    (other / "book" / "results").mkdir(parents=True)
+    (other / "_config.yml").write_text("title: another book\n")
+    assert not results._is_this_repository(other)
+    (other / "sapa").mkdir()
+    (other / "sapa" / "__init__.py").write_text("")
+    (other / "pyproject.toml").write_text('[project]\nname = "sapa-fork-tools"\n')
+    assert not results._is_this_repository(other)
+    assert results._is_this_repository(ROOT)
+    assert results.repo_root(other / "book") in (None, ROOT)  # only ever this repository

@@ -1,5 +1,9 @@
 """The sweep trains each configuration once, resumes, and writes the documented CSV."""
+import csv
 import math
+from pathlib import Path
+
+import pytest
 
 from sapa.lab import sweep
 
@@ -54,8 +58,6 @@ def test_sweep_writes_csv_and_resumes(tmp_path):
 
 # ---- resumable, append-only CSV; new grids; CLI ------------------------------------------------
 import json  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 def test_new_grids():
@@ -275,3 +277,65 @@ def test_interrupted_sweep_records_its_invocation(tmp_path, monkeypatch, capsys)
     assert [r["upsampler"] for r in sweep.read_csv(str(out))] == ["bilinear"]
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["invocations"][-1]["interrupted"] is True and meta["invocations"][-1]["rows"] == 1
+
+
+# ---- the stored results: which rows belong to them ------------------------------------------
+RESULTS = Path(__file__).resolve().parent.parent / "book" / "results"
+
+
+@pytest.mark.parametrize("name", ["main", "table6"])
+def test_stored_rows_config_ids_recompute(name):
+    """Every row of a stored CSV is one of the stored commands' runs: its config_id recomputes
+    from the grid, the seeds and STORED_TASK (so a move of the code keeps the ids valid)."""
+    fname = sweep.STORED_FILES[name][0]
+    if not (RESULTS / fname).is_file():
+        pytest.skip(f"{fname} is not stored yet")
+    rows = sweep.read_csv(RESULTS / fname)
+    ids = {}
+    for command in sweep.STORED_FILES[name][1]:
+        ids.update(sweep.stored_config_ids(command))
+    assert rows and all(r["config_id"] in ids for r in rows)
+    for r in rows:
+        assert any(m["setting"] == r["setting"] and m["seed"] == r["seed"] for m in ids[r["config_id"]])
+    kept, other = sweep.select_stored(rows, name)
+    assert len(kept) == len(rows) and other == 0
+
+
+def test_select_stored_leaves_out_other_configs_and_refuses_duplicates():
+    """A rerun with a changed setting appends rows of another config: they are left out, never
+    mixed in; two rows of one stored (setting, seed) are refused with the runs named."""
+    ids = sweep.stored_config_ids("main")
+    (cid, [where]), (cid2, [where2]) = list(ids.items())[:2]
+    good = dict(group="upsampler", setting=where["setting"], seed=where["seed"], config_id=cid, run="a")
+    good2 = dict(group="upsampler", setting=where2["setting"], seed=where2["seed"], config_id=cid2, run="b")
+    changed = dict(good, config_id="0000beef", run="c")  # same setting and seed, another config
+    kept, other = sweep.select_stored([good, changed, good2], "main")
+    assert kept == [good, good2] and other == 1
+    with pytest.raises(ValueError, match="two rows"):
+        sweep.select_stored([good, dict(good, run="d")], "main")
+    with pytest.raises(ValueError, match="unknown stored result"):
+        sweep.select_stored([], "nope")
+    assert all(m["seed"] in sweep.SAPA_D_SEEDS for ms in sweep.stored_config_ids("main+sapa-d").values() for m in ms)
+
+
+def test_stored_rows_status(tmp_path, monkeypatch):
+    """stored_rows: the kept rows and a sentence; a missing file gives None and the command."""
+    from sapa.lab import results
+
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    rows, status = sweep.stored_rows("table6")
+    assert rows is None and "not there yet" in status and "--grid table6" in status
+    ids = sweep.stored_config_ids("table6")
+    cid, where = next(iter(ids.items()))
+    with open(tmp_path / "table6.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=sweep.CSV_COLUMNS)
+        w.writeheader()
+        base = {k: "" for k in sweep.CSV_COLUMNS}
+        w.writerow(dict(base, group=where[0]["group"], setting=where[0]["setting"], seed=where[0]["seed"],
+                        config_id=cid, miou=0.9, run="r1"))
+        w.writerow(dict(base, group=where[0]["group"], setting=where[0]["setting"], seed=where[0]["seed"],
+                        config_id="feedf00d", miou=0.8, run="r2"))
+    rows, status = sweep.stored_rows("table6")
+    assert [r["run"] for r in rows] == ["r1"]
+    assert status == ("The stored `table6.csv` holds 1 run of the stored settings (1 row of other settings, "
+                      "e.g. a rerun with a changed option, is left out).")

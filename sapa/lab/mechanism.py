@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from ._parallel import sigterm_as_interrupt, stop_pool
 
 __all__ = ["MechanismConfig", "PROFILES", "make_problem", "fit_upsampler", "evaluate", "kernel_maps",
-           "kernel_study", "run", "read_rows", "summarize", "main", "CSV_COLUMNS"]
+           "kernel_study", "run", "read_rows", "summarize", "stored_rows", "main", "CSV_COLUMNS"]
 
 #: upsamplers of the full experiment (all of sapa's, in the chapter's order)
 UPSAMPLERS = ("nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "indexnet-hin", "indexnet-m2o",
@@ -373,6 +373,38 @@ def summarize(rows: Sequence[Dict], metric: str) -> Dict[str, Dict[float, Tuple[
         acc.setdefault(r["upsampler"], {}).setdefault(float(r["sigma"]), []).append(float(r[metric]))
     return {u: {s: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
                 for s, v in sorted(d.items())} for u, d in acc.items()}
+
+
+def stored_rows(start=None) -> Tuple[Optional[List[Dict]], str]:
+    """The stored mechanism experiment for a chapter: ``(rows, status)``.
+
+    ``rows``: the rows of ``book/results/mechanism.csv`` (:func:`sapa.lab.results.stored_file`)
+    of the full profile's settings (``config_id``), or None when the file cannot be had;
+    ``status``: one Markdown sentence saying what the file holds, or why it is not there.
+    """
+    from .results import StoredFileUnavailable, stored_file, unavailable_sentence
+
+    command = "python -m sapa.lab.mechanism --out book/results/mechanism.csv --workers 2"
+    try:
+        path = stored_file("mechanism.csv", start)
+    except StoredFileUnavailable as e:
+        return None, unavailable_sentence(e, command)
+    want = _config_id(PROFILES["full"])
+    rows = read_rows(path)
+    kept = [r for r in rows if r.get("config_id") == want]
+    seen = set()
+    for r in kept:
+        key = (r["upsampler"], float(r["sigma"]), int(r["seed"]))
+        if key in seen:
+            raise ValueError(f"mechanism.csv: two rows of the stored settings for (upsampler, sigma, seed) = {key}")
+        seen.add(key)
+    cfg = PROFILES["full"]
+    planned = len(cfg.upsamplers) * len(cfg.sigmas) * len(cfg.seeds)
+    status = f"The stored `mechanism.csv` holds {len(kept)} of the {planned} planned fits"
+    if len(rows) > len(kept):
+        k = len(rows) - len(kept)
+        status += f" ({k} row{'s' if k != 1 else ''} of other settings left out)"
+    return kept, status + "."
 
 
 def _machine() -> str:

@@ -2,7 +2,11 @@
 
 The chapters read the files of ``<results>`` (``book/results`` of a checkout, or
 ``$SAPA_RESULTS_DIR``) through :func:`stored_file`, which, without a checkout (the package
-installed by pip, e.g. on Colab), fetches a file once from the published repository:
+installed by pip, e.g. on Colab), fetches a file from the published repository at the git ref
+``$SAPA_RESULTS_REF`` (default ``main``; pin a tag or commit for results that never change) and
+revalidates its cached copy once per process. A file that cannot be had raises
+:class:`StoredFileUnavailable` saying whether it is missing (not computed yet) or could not be
+downloaded (and why); :func:`unavailable_sentence` words that for a reader:
 
 * ``main.csv`` (chapter 6): the main comparison of :mod:`sapa.lab.sweep` (every upsampler and the
   parameter-matched control, five seeds, the stored task ``sapa.lab.sweep.STORED_TASK``);
@@ -33,7 +37,9 @@ A file that is damaged, not a stored model, or of another model raises
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -42,8 +48,9 @@ import torch
 from .checkpoint import (CheckpointError, describe_mismatch, load_model_file, load_state_dict_file,
                          load_training_checkpoint, model_file_paths, read_model_config, save_model_file)
 
-__all__ = ["ENV_VAR", "RAW_URL", "repo_root", "results_dir", "stored_file", "export_model", "load_model",
-           "model_config", "load_state_dict_file", "CheckpointError"]
+__all__ = ["ENV_VAR", "REF_VAR", "RAW_URL", "repo_root", "results_dir", "results_ref", "stored_file",
+           "StoredFileUnavailable", "unavailable_sentence", "export_model", "load_model", "model_config",
+           "load_state_dict_file", "CheckpointError"]
 
 #: environment variable that overrides the results folder
 ENV_VAR = "SAPA_RESULTS_DIR"
@@ -51,9 +58,24 @@ ENV_VAR = "SAPA_RESULTS_DIR"
 PathLike = Union[str, os.PathLike]
 
 
+def _is_this_repository(folder: Path) -> bool:
+    """True for a checkout of this repository: the book's ``_config.yml``, the package's
+    ``pyproject.toml`` naming ``sapa`` and the ``book/results`` folder (any other Jupyter Book or
+    Jekyll project has a ``_config.yml`` too)."""
+    if not ((folder / "_config.yml").is_file() and (folder / "book" / "results").is_dir()
+            and (folder / "sapa" / "__init__.py").is_file()):
+        return False
+    try:
+        text = (folder / "pyproject.toml").read_text()
+    except OSError:
+        return False
+    return re.search(r'(?m)^name\s*=\s*"sapa"\s*$', text) is not None
+
+
 def repo_root(start: Optional[PathLike] = None) -> Optional[Path]:
-    """The repository root: the first folder, from ``start`` (default: the cwd) upwards, then from
-    this package's folder upwards, that holds ``_config.yml`` (the book's configuration).
+    """The root of a checkout of this repository: the first folder, from ``start`` (default:
+    the cwd) upwards, then from this package's folder upwards, that is this repository (its
+    book's ``_config.yml``, ``book/results`` and a ``pyproject.toml`` of the package ``sapa``).
 
     Returns None when there is none (e.g. the package installed from a wheel on Colab).
     """
@@ -61,7 +83,7 @@ def repo_root(start: Optional[PathLike] = None) -> Optional[Path]:
     for s in starts:
         s = s.resolve()
         for d in (s, *s.parents):
-            if (d / "_config.yml").is_file():
+            if _is_this_repository(d):
                 return d
     return None
 
@@ -75,24 +97,117 @@ def results_dir(start: Optional[PathLike] = None) -> Optional[Path]:
     return root / "book" / "results" if root is not None else None
 
 
+#: the git ref (branch, tag or commit) whose stored results are fetched without a checkout;
+#: ``$SAPA_RESULTS_REF`` pins another one (e.g. the commit of the package you installed)
+REF_VAR = "SAPA_RESULTS_REF"
+DEFAULT_REF = "main"
 #: where the stored results of the published repository are read from without a checkout
-#: (e.g. on Colab, where the package is pip-installed): ``RAW_URL + "main.csv"``
-RAW_URL = "https://raw.githubusercontent.com/sapa-book/sapa/main/book/results/"
+#: (e.g. on Colab, where the package is pip-installed): ``RAW_URL.format(ref=...) + "main.csv"``
+RAW_URL = "https://raw.githubusercontent.com/sapa-book/sapa/{ref}/book/results/"
 
 
-def _cache_dir() -> Path:
+def results_ref() -> str:
+    """The git ref of the fetched results: ``$SAPA_RESULTS_REF`` or ``"main"``."""
+    ref = os.environ.get(REF_VAR, "").strip() or DEFAULT_REF
+    if not re.fullmatch(r"[A-Za-z0-9._/-]+", ref) or ".." in ref:
+        raise ValueError(f"${REF_VAR} must be a git branch, tag or commit, got {ref!r}")
+    return ref
+
+
+class StoredFileUnavailable(FileNotFoundError):
+    """A stored result that cannot be had. ``reason`` is ``"missing"`` (the checkout, or the
+    published repository, has no such file: it has not been computed yet) or ``"download"``
+    (it could not be downloaded: ``detail`` says why, e.g. no network)."""
+
+    def __init__(self, name: str, reason: str, detail: str, where: str):
+        self.name, self.reason, self.detail, self.where = name, reason, detail, where
+        if reason == "missing":
+            msg = f"stored result {name!r} not found in {where}"
+        else:
+            msg = f"stored result {name!r} could not be downloaded from {where} ({detail})"
+        super().__init__(msg)
+
+
+def unavailable_sentence(err: BaseException, command: Optional[str] = None) -> str:
+    """One Markdown sentence for a reader: why a stored result is not shown, and what to do."""
+    name = getattr(err, "name", None) or "the stored result"
+    if getattr(err, "reason", None) == "download":
+        return (f"The stored result `{name}` could not be downloaded ({err.detail}): without a checkout of "
+                f"the repository the book fetches its stored results from `{err.where}`. Connect to the "
+                f"internet and rerun the cell, or run the notebook inside a clone of the repository.")
+    tail = f" `{command}` computes it (resumable)." if command else ""
+    return f"The stored result `{name}` is not there yet: it has not been computed.{tail}"
+
+
+def _cache_dir(ref: Optional[str] = None) -> Path:
     base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sapa" / "results"
+    return Path(base) / "sapa" / "results" / (ref or results_ref()).replace("/", "_")
+
+
+#: files revalidated against the remote in this process (a notebook fetches each once)
+_CHECKED: Dict[str, Path] = {}
+
+
+def _fetch(name: str, url: str, cached: Path) -> Path:
+    """Download ``url`` into ``cached``, revalidating an existing copy (ETag/Last-Modified):
+    a changed remote file replaces it, an unreachable remote keeps it."""
+    import urllib.error
+    import urllib.request
+
+    meta_path = cached.with_name(cached.name + ".meta.json")
+    meta = {}
+    if cached.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            meta = {}
+    req = urllib.request.Request(url)
+    if cached.is_file():
+        if meta.get("etag"):
+            req.add_header("If-None-Match", meta["etag"])
+        if meta.get("last_modified"):
+            req.add_header("If-Modified-Since", meta["last_modified"])
+    tmp = cached.with_name(cached.name + ".part")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - fixed https URL
+            data = r.read()
+            headers = {"etag": r.headers.get("ETag"), "last_modified": r.headers.get("Last-Modified")}
+    except urllib.error.HTTPError as e:
+        if e.code == 304 and cached.is_file():
+            return cached
+        if e.code == 404:
+            raise StoredFileUnavailable(name, "missing", "HTTP 404", url) from None
+        if cached.is_file():
+            return cached
+        raise StoredFileUnavailable(name, "download", f"HTTP {e.code} {e.reason}", url) from None
+    except (OSError, ValueError) as e:  # no network, DNS, timeout, a bad URL
+        if cached.is_file():
+            return cached  # the copy fetched earlier (it could not be checked against the remote)
+        detail = getattr(e, "reason", None) or e
+        raise StoredFileUnavailable(name, "download", f"{type(e).__name__}: {detail}", url) from None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(data)
+    os.replace(tmp, cached)
+    meta_tmp = meta_path.with_name(meta_path.name + ".part")
+    meta_tmp.write_text(json.dumps({k: v for k, v in headers.items() if v}))
+    os.replace(meta_tmp, meta_path)
+    return cached
 
 
 def stored_file(name: str, start: Optional[PathLike] = None, download: Optional[bool] = None) -> Path:
     """The path of the stored result ``name`` (e.g. ``"main.csv"``, ``"models/x.safetensors"``).
 
-    Looks in :func:`results_dir` (``$SAPA_RESULTS_DIR`` or the checkout's ``book/results``);
-    without a checkout (the package installed by pip, e.g. on Colab) the file is fetched
-    once from the published repository (:data:`RAW_URL`) into ``~/.cache/sapa/results`` and
-    that copy is returned. ``download=False`` never fetches; the default fetches only when
-    there is no checkout. Raises FileNotFoundError naming where it looked.
+    Looks in :func:`results_dir` (``$SAPA_RESULTS_DIR`` or the checkout's ``book/results``).
+    Without a checkout (the package installed by pip, e.g. on Colab) the file is fetched from
+    the published repository at :func:`results_ref` (``$SAPA_RESULTS_REF``, default ``main``)
+    into ``~/.cache/sapa/results/<ref>``; a cached copy is revalidated once per process (a
+    changed remote file replaces it; without network the copy is used). ``download=False``
+    never fetches; the default fetches only when there is no checkout.
+
+    Raises:
+        ValueError: ``name`` is not a relative name inside the results folder.
+        StoredFileUnavailable: (a FileNotFoundError) with ``reason`` ``"missing"`` (not in the
+            checkout, or HTTP 404: not computed yet) or ``"download"`` (the fetch failed, and why).
     """
     if not isinstance(name, str) or not name or name.startswith("/") or ".." in Path(name).parts:
         raise ValueError(f"name must be a relative file name inside the results folder, got {name!r}")
@@ -101,25 +216,18 @@ def stored_file(name: str, start: Optional[PathLike] = None, download: Optional[
         return local / name
     if download is None:
         download = local is None
-    cached = _cache_dir() / name
-    if cached.is_file():
-        return cached
+    ref = results_ref()
+    cached = _cache_dir(ref) / name
     if not download:
-        raise FileNotFoundError(f"stored result {name!r} not found in {local or 'no results folder (no checkout)'}; "
-                                f"run the command in book/results/README.md that writes it")
-    import urllib.request
-
-    url = RAW_URL + name
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(cached.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:  # noqa: S310 - fixed https URL
-            f.write(r.read())
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FileNotFoundError(f"stored result {name!r}: no checkout here and fetching {url} failed ({e})") from None
-    os.replace(tmp, cached)
-    return cached
+        if cached.is_file():
+            return cached
+        raise StoredFileUnavailable(name, "missing", "", str(local or "no results folder (no checkout)"))
+    url = RAW_URL.format(ref=ref) + name
+    if _CHECKED.get(url) == cached and cached.is_file():
+        return cached
+    path = _fetch(name, url, cached)
+    _CHECKED[url] = path
+    return path
 
 
 def export_model(run_dir: PathLike, dest: PathLike) -> Path:

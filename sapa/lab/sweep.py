@@ -52,7 +52,8 @@ import torch
 from ._parallel import sigterm_as_interrupt, stop_pool
 
 __all__ = ["SEGMENTATION_UPSAMPLERS", "MAIN_UPSAMPLERS", "GRIDS", "STORED", "grid", "segmenter_cost",
-           "run_sweep", "estimate", "read_csv", "summarize", "stored_command", "main", "CSV_COLUMNS"]
+           "run_sweep", "estimate", "read_csv", "summarize", "stored_command", "stored_config_ids", "select_stored",
+           "stored_rows", "STORED_FILES", "main", "CSV_COLUMNS"]
 
 #: upsamplers of the segmentation comparison, in the order the chapter shows them
 SEGMENTATION_UPSAMPLERS = (
@@ -540,6 +541,80 @@ def read_csv(path) -> List[Dict]:
                 r["converged"] = {"True": True, "False": False}.get(r["converged"])
             rows.append(r)
     return rows
+
+
+#: the stored CSV of each stored result, and the stored commands that write into it
+STORED_FILES = {"main": ("main.csv", ("main", "main+sapa-d")), "table6": ("table6.csv", ("table6",))}
+
+
+def stored_config_ids(name: str) -> Dict[str, List[Dict]]:
+    """The runs of stored command ``name`` ("main", "main+sapa-d", "table6"), by config_id.
+
+    Recomputed from the command's grid, upsamplers, seeds and :data:`STORED_TASK` exactly as
+    ``python -m sapa.lab.sweep`` computes them, so a row belongs to the stored result if and
+    only if its ``config_id`` is a key here. Returns ``{config_id: [{group, setting, seed}, ...]}``
+    (settings equal to SAPA-B's defaults share one run, hence a list).
+    """
+    if name not in STORED:
+        raise ValueError(f"unknown stored command {name!r}; expected one of {sorted(STORED)}")
+    argv = STORED[name]
+    grid_name = argv[argv.index("--grid") + 1]
+    ups = argv[argv.index("--upsamplers") + 1: argv.index("--out")] if "--upsamplers" in argv else None
+    seeds = SAPA_D_SEEDS if name == "main+sapa-d" else STORED_SEEDS
+    out: Dict[str, List[Dict]] = {}
+    for job in _jobs(grid_name, seeds, "runs/sweep", dict(STORED_TASK), ups):
+        out.setdefault(job["config_id"], []).append(
+            dict(group=job["group"], setting=job["setting"], seed=job["train"]["seed"]))
+    return out
+
+
+def select_stored(rows: List[Dict], name: str) -> Tuple[List[Dict], int]:
+    """The rows of ``rows`` (a stored CSV's) that belong to stored result ``name`` ("main",
+    which includes SAPA-D's rows, or "table6"): those whose ``config_id`` is a stored run's.
+
+    Returns ``(kept, left_out)``. Raises ValueError when two kept rows have one (group,
+    setting, seed): the file was assembled by hand, and no row can be chosen silently.
+    """
+    if name not in STORED_FILES:
+        raise ValueError(f"unknown stored result {name!r}; expected one of {sorted(STORED_FILES)}")
+    ids = {}
+    for command in STORED_FILES[name][1]:
+        ids.update(stored_config_ids(command))
+    kept = [r for r in rows if r.get("config_id") in ids]
+    seen: Dict[tuple, Dict] = {}
+    for r in kept:
+        key = (r.get("group"), r.get("setting"), r.get("seed"))
+        if key in seen:
+            raise ValueError(f"{STORED_FILES[name][0]}: two rows of the stored settings for (group, setting, "
+                             f"seed) = {key} (runs {seen[key].get('run')!r} and {r.get('run')!r})")
+        seen[key] = r
+    return kept, len(rows) - len(kept)
+
+
+def stored_rows(name: str, start=None) -> Tuple[Optional[List[Dict]], str]:
+    """The stored result ``name`` ("main" or "table6") for a chapter: ``(rows, status)``.
+
+    ``rows``: the rows of ``book/results/<name>.csv`` (:func:`sapa.lab.results.stored_file`: the
+    checkout's, else fetched) of the stored commands' runs (:func:`select_stored`), or None when
+    the file cannot be had. ``status``: one Markdown sentence saying what the file holds, or why
+    it is not there (not computed yet, with the command; or could not be downloaded, and why).
+    """
+    from .results import StoredFileUnavailable, stored_file, unavailable_sentence
+
+    if name not in STORED_FILES:
+        raise ValueError(f"unknown stored result {name!r}; expected one of {sorted(STORED_FILES)}")
+    fname, commands = STORED_FILES[name]
+    try:
+        path = stored_file(fname, start)
+    except StoredFileUnavailable as e:
+        return None, unavailable_sentence(e, stored_command(commands[0]))
+    rows, other = select_stored(read_csv(path), name)
+    n = len(rows)
+    status = f"The stored `{fname}` holds {n} run{'s' if n != 1 else ''} of the stored settings"
+    if other:
+        status += (f" ({other} row{'s' if other != 1 else ''} of other settings, e.g. a rerun with a changed "
+                   f"option, {'are' if other != 1 else 'is'} left out)")
+    return rows, status + "."
 
 
 def summarize(rows: List[Dict], keys=("group", "setting"), metrics=("miou", "boundary_iou")) -> List[Dict]:
