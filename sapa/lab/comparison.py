@@ -73,32 +73,12 @@ def _names(names: Optional[Dict[str, str]]) -> Dict[str, str]:
 def load_stored(name: str):
     """``(rows, status)`` of a stored result: "main", "table6" (:func:`sapa.lab.sweep.stored_rows`)
     or "mechanism" (:func:`sapa.lab.mechanism.stored_rows`); rows None when the file cannot be
-    had, status a Markdown sentence saying what is there or why not.
-
-    Until ``stored_rows`` exists in the lab (the lead's API), a fallback reads the file and
-    keeps the rows of the stored task's settings.
-    """
+    had, status a Markdown sentence saying what is there or why not."""
     from . import mechanism, sweep
 
     if name not in ("main", "table6", "mechanism"):
         raise ValueError(f"name must be 'main', 'table6' or 'mechanism', got {name!r}")
-    fn = getattr(mechanism, "stored_rows", None) if name == "mechanism" else getattr(sweep, "stored_rows", None)
-    if fn is not None:
-        return fn() if name == "mechanism" else fn(name)
-    from .results import stored_file  # fallback (before the lead's stored_rows lands)
-
-    command = sweep.stored_command(name)
-    try:
-        path = stored_file(f"{name}.csv")
-    except FileNotFoundError:
-        return None, f"The stored file `{name}.csv` is not there; `{command}` writes it."
-    if name == "mechanism":
-        full = mechanism.PROFILES["full"]
-        rows = [r for r in mechanism.read_rows(path) if json.loads(r["config"]) == full.identity()]
-    else:
-        keep = ("dataset", "head", "size", "train_samples")
-        rows = [r for r in sweep.read_csv(path) if all(str(r.get(k)) == str(sweep.STORED_TASK[k]) for k in keep)]
-    return rows, f"The stored `{name}.csv` holds {plural(len(rows), 'run')} of the stored command `{command}`."
+    return mechanism.stored_rows() if name == "mechanism" else sweep.stored_rows(name)
 
 
 def complete_rows(rows: Optional[Sequence[Dict]], settings: Sequence[str], key: str = "setting"):
@@ -119,7 +99,7 @@ def plural(n: int, word: str, plural_form: Optional[str] = None) -> str:
 
 
 def seed_status(rows: Optional[Sequence[Dict]], status: str, settings: Sequence[str], planned: Sequence,
-                command: str, file: str = "main.csv") -> str:
+                command: str) -> str:
     """The sentence that opens a comparison: how many complete seeds the stored rows hold.
 
     ``rows`` None (the file cannot be had): ``status`` and that the comparison is skipped.
@@ -128,11 +108,12 @@ def seed_status(rows: Optional[Sequence[Dict]], status: str, settings: Sequence[
         return f"{status} The comparison below is skipped until it is there."
     seeds, kept = complete_rows(rows, settings)
     n = len(seeds)
+    lead = f"{status} " if status else ""
     if n == 0:
-        return (f"The stored `{file}` has no complete seed yet: no seed has a run of all "
-                f"{len(settings)} upsamplers. `{command}` completes it (it resumes where it stopped).")
+        return (f"{lead}No seed is complete yet (none has a run of all {len(settings)} upsamplers); "
+                f"`{command}` completes it (it resumes where it stopped).")
     missing = len([k for k in planned if k not in seeds])
-    text = (f"The stored `{file}` holds {plural(n, 'complete seed')} ({', '.join(map(str, seeds))}) of the "
+    text = (f"{lead}The comparison uses the {plural(n, 'complete seed')} ({', '.join(map(str, seeds))}) of the "
             f"{len(planned)} planned, {plural(len(kept), 'run')}; ")
     text += (f"{plural(missing, 'seed')} still to come from `{command}` (it resumes where it stopped)."
              if missing else f"the command was `{command}`.")
