@@ -55,6 +55,8 @@ def test_mean_sd_and_describe():
     text = cmp.describe(r)
     assert text.startswith("+1.5 points (95 % CI") and "Holm p = 0.200" in text and "n = 3" in text
     assert "Holm" not in cmp.describe(r, adjusted=False)
+    small = dict(paired_t([0.0001, 0.0005, 0.0003]), p_holm=0.5)
+    assert cmp.describe(small).startswith("+0.03 points (95 % CI -0.02 to +0.08")  # one precision for all three
 
 
 def test_seed_status_counts_complete_seeds():
@@ -168,6 +170,7 @@ def test_claims_main_applies_the_rule_to_other_guided_upsamplers():
     assert "**but not specific to similarity**" in text and "FADE" in text
     spec = [c for c in claims if c.startswith("* *What is specific to similarity*")]
     assert len(spec) == 2 and "A2U, lower" in spec[0] and "unresolved against none" not in spec[0]
+    assert "so this task shows no advantage of similarity over" in spec[0] and "FADE" in spec[0].split("so this")[1]
     assert "(s)" not in text and "beat(s)" not in text
     gate = [c for c in claims if "the gate helps" in c][0]
     assert "**unresolved** with 5 seeds" in gate
@@ -327,3 +330,52 @@ def test_class_legend_uses_the_named_colours():
     patches = {t.get_text(): h.get_facecolor()[:3] for t, h in zip(leg.get_texts(), leg.legend_handles)}
     assert np.allclose(patches["lime"], to_rgb("lime")) and np.allclose(patches["blue"], to_rgb("blue"))
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- kernel ablation
+def _segmenter(name):
+    from sapa.lab.models import Segmenter
+
+    torch.manual_seed(0)
+    model = Segmenter(6, name, width=4, stages=3, head="segformer").double().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for up in model.upsamplers:
+            if hasattr(up, "sapa"):
+                up.sapa.backend = "torch"  # no C++ build in the tests of this module
+            for p in up.parameters():  # trained-looking weights, not the tiny init: kernels far from flat
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return model
+
+
+@pytest.mark.parametrize("name", ["sapa-b", "sapa-g", "carafe", "fade"])
+def test_apply_kernels_with_the_own_kernels_is_the_module_output(name):
+    model = _segmenter(name)
+    seen = []
+    hooks = [up.register_forward_hook(lambda m, a, o: seen.append((m, a[0], a[1], o))) for up in model.upsamplers]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model(torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64))
+        for h in hooks:
+            h.remove()
+        assert len(seen) == len(model.upsamplers)
+        for up, x, y, out in seen:
+            w = cmp._module_kernels(up, x, y)
+            assert float((w - 1 / w.shape[1]).abs().max()) > 0.02  # not flat: a real check
+            assert_close(cmp.apply_kernels(up, x, y, w), out)
+            other = cmp.apply_kernels(up, x, y, torch.full_like(w, 1 / w.shape[1]))
+            assert not torch.allclose(other, out)  # the replacement changes something
+
+
+def test_uniform_kernel_ablation_runs_and_refuses_kernel_free_steps():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 16, 16, generator=g, dtype=torch.float64)
+    masks = torch.randint(0, 6, (3, 16, 16), generator=g)
+    res = cmp.uniform_kernel_ablation(_segmenter("sapa-b"), images, masks, 6, steps=[0])
+    assert res["trained"].shape == (3,) and res["uniform"].shape == (3,) and res["diff"]["n"] == 3
+    with pytest.raises(TypeError):
+        cmp.uniform_kernel_ablation(_segmenter("bilinear"), images, masks, 6)
+    with pytest.raises(ValueError):
+        cmp.uniform_kernel_ablation(_segmenter("sapa-b"), images, masks, 6, steps=[7])
+    with pytest.raises(TypeError):
+        cmp.apply_kernels(torch.nn.Identity(), images, images, images)

@@ -18,7 +18,8 @@ computed here, so that the two pages never compute the same thing twice:
 * kernels: :func:`labels_at` (block-majority labels), :func:`label_boundary` (pixels whose
   3 x 3 neighbourhood holds two labels, from :func:`sapa.lab.metrics.boundary_band`),
   :func:`same_class_indicator`, :func:`same_class_mass`, :func:`kernel_statistics`,
-  :func:`mass_sentence`.
+  :func:`mass_sentence`; :func:`apply_kernels` and :func:`uniform_kernel_ablation` (a trained
+  model evaluated with its kernels replaced by the uniform average: eval only).
 
 Rows are dicts as :func:`sapa.lab.sweep.read_csv` gives them (``setting``, ``seed`` and the
 metric columns, metrics as fractions in [0, 1]); differences are printed in points (x 100).
@@ -43,7 +44,7 @@ __all__ = [
     "paper_agreement", "late_gains", "interval_widths", "describe",
     "claims_main", "claim_mechanism", "claim_table6", "claim_segformer",
     "labels_at", "label_boundary", "same_class_indicator", "same_class_mass", "kernel_statistics",
-    "mass_sentence",
+    "mass_sentence", "apply_kernels", "uniform_kernel_ablation",
 ]
 
 #: learned upsamplers without content-aware kernels: a gain they share is no evidence for SAPA's mechanism
@@ -161,8 +162,17 @@ def describe(result: Dict, adjusted: bool = True, scale: float = 100.0, digits: 
     p = result.get("p_holm", result["p"]) if adjusted else result["p"]
     ptxt = f"= {p:.3f}" if p >= 0.001 else "< 0.001"
     label = "Holm p" if adjusted else "p"
-    return (f"{signed(scale * result['mean'], digits)} {unit} (95 % CI {signed(scale * result['ci_low'], digits)} to "
-            f"{signed(scale * result['ci_high'], digits)}, {label} {ptxt}, n = {result['n']})")
+    d = _digits(scale * result["mean"], digits)  # the interval with the mean's digits
+    return (f"{signed(scale * result['mean'], d)} {unit} (95 % CI {signed(scale * result['ci_low'], d)} to "
+            f"{signed(scale * result['ci_high'], d)}, {label} {ptxt}, n = {result['n']})")
+
+
+def _digits(v: float, digits: int) -> int:
+    """The decimals :func:`signed` uses for ``v`` (more than ``digits`` when v would print as 0)."""
+    d = digits
+    while v != 0 and not math.isnan(v) and round(abs(v), d) == 0 and d < 3:
+        d += 1
+    return d
 
 
 # --------------------------------------------------------------------------------------
@@ -469,17 +479,21 @@ def claims_main(rows: Optional[Sequence[Dict]], family: Sequence[str], baseline:
     for m in ("miou", "boundary_iou"):
         pairs = [(u, g) for u in SIMILARITY for g in others]
         fam = pair_family(rows, pairs, m)
-        parts = []
+        parts, not_below = [], set(others)
         for u in SIMILARITY:
             mine = [d for d in fam if d["a"] == u]
             up = [d["b"] for d in mine if d["significant"] and d["mean"] > 0]
             down = [d["b"] for d in mine if d["significant"] and d["mean"] < 0]
             rest = [d["b"] for d in mine if not d["significant"]]
-            parts.append(f"{nm[u]} higher than {names_list(up, nm)}, lower than {names_list(down, nm)}, "
+            not_below &= set(down + rest)
+            parts.append(f"{nm[u]} is higher than {names_list(up, nm)}, lower than {names_list(down, nm)}, and "
                          f"unresolved against {names_list(rest, nm)}")
+        tail = [g for g in others if g in not_below]
+        conclusion = (f"this task shows no advantage of similarity over {names_list(tail, nm)}" if tail else
+                      "both are higher than every other guided upsampler, an advantage specific to similarity")
         claims.append(f"* *What is specific to similarity* ({METRIC_NAMES[m]}: SAPA-B and SAPA-G against the other "
                       f"guided upsamplers, {names_list(others, nm)}, paired, Holm over the {len(pairs)} "
-                      f"comparisons): " + "; ".join(parts) + ".")
+                      f"comparisons): " + "; ".join(parts) + f"; so {conclusion}.")
     for a, b, what in (("sapa-g", "carafe", "SAPA-G is higher than CARAFE in mIoU (Table 2)"),
                        ("sapa-g", "sapa-b", "the gate helps: SAPA-G is higher than SAPA-B in mIoU (Table 6)")):
         r = pair_family(rows, [(a, b)], "miou")[0]
@@ -722,3 +736,94 @@ def mass_sentence(stats: Dict[str, Dict[str, torch.Tensor]], names: Optional[Dic
                 f"{t['n']} images, paired)")
     return (f"{nm.get(a, a)} and {nm.get(b, b)} are tied at the top (difference {diff}, 95 % interval over the "
             f"{t['n']} images, paired, includes zero)")
+
+
+def _module_kernels(up, x, y):
+    """The kernels (B, K*K, H', W') an upsampler module applies, for the kinds
+    :func:`apply_kernels` handles (SAPA's window variants, CARAFE, FADE), else None."""
+    from sapa.upsamplers import CARAFE, FADE, SAPAUpsampler
+
+    if isinstance(up, SAPAUpsampler):
+        return up.sapa.kernels(x, y)
+    if isinstance(up, CARAFE):
+        return up.kernels(x)
+    if isinstance(up, FADE):
+        return up.kernels(x, y)
+    return None
+
+
+def apply_kernels(up, x: torch.Tensor, y: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """What upsampler module ``up`` outputs for (x (B, C, H, W), y (B, C_y, H', W')) when its kernels
+    are replaced by ``kernels`` (B, K*K, H', W'): the reassembly of x for SAPA's window variants
+    and CARAFE; FADE keeps its gate, ``g * y + (1 - g) * reassembly``. With the module's own
+    kernels this is the module's output (tested). Raises TypeError for other upsamplers."""
+    from sapa.upsamplers import CARAFE, FADE, SAPAUpsampler
+    from sapa.upsamplers.base import reassemble
+    from sapa.windows import nearest_upsample_to
+
+    if not isinstance(up, (SAPAUpsampler, CARAFE, FADE)):
+        raise TypeError(f"apply_kernels handles SAPA's window variants, CARAFE and FADE, got {type(up).__name__}")
+    K = int(round(math.sqrt(kernels.shape[1])))
+    if kernels.dim() != 4 or K * K != kernels.shape[1] or kernels.shape[-2:] != y.shape[-2:]:
+        raise ValueError(f"kernels must be (B, K*K, H', W') with the guide's size {tuple(y.shape[-2:])}, "
+                         f"got {tuple(kernels.shape)}")
+    out = reassemble(x, kernels.to(x.dtype), K)
+    if isinstance(up, FADE):
+        g = torch.sigmoid(nearest_upsample_to(up.gate(x), y.shape[-2:]))
+        out = g * y + (1 - g) * out
+    return out
+
+
+def uniform_kernel_ablation(model, images: torch.Tensor, masks: torch.Tensor, num_classes: int,
+                            steps: Optional[Sequence[int]] = None) -> Dict:
+    """A trained model evaluated with the kernels of some upsampling steps replaced by the
+    uniform 1 / K^2 average (eval only: it measures how much the trained model relies on its
+    kernels, not what a model trained with a box kernel would reach).
+
+    Args:
+        model: a :class:`sapa.lab.models.Segmenter` whose upsamplers are SAPA window variants,
+            CARAFE or FADE (FADE keeps its gate).
+        images: (B, 3, H, W); masks: (B, H, W) labels.
+        num_classes: classes of the masks.
+        steps: indices into ``model.upsamplers`` to ablate (default: all).
+
+    Returns dict ``trained``, ``uniform``: per-image mIoU (B,) float64 tensors, and ``diff``:
+    :func:`sapa.lab.stats.paired_t` of uniform - trained over the images (needs B >= 2).
+    """
+    from .metrics import mean_iou
+
+    if images.dim() != 4 or masks.dim() != 3 or images.shape[0] != masks.shape[0]:
+        raise ValueError(f"images must be (B, 3, H, W) and masks (B, H, W), got {tuple(images.shape)}, "
+                         f"{tuple(masks.shape)}")
+    ups = list(model.upsamplers)
+    steps = list(range(len(ups))) if steps is None else list(steps)
+    if any(not (-len(ups) <= i < len(ups)) for i in steps):
+        raise ValueError(f"steps {steps} out of range for {len(ups)} upsampling steps")
+    handles = []
+
+    def hook(module, args, output):
+        x, y = args[0], args[1]
+        w = _module_kernels(module, x, y)
+        return apply_kernels(module, x, y, torch.full_like(w, 1.0 / w.shape[1]))
+
+    def per_image(pred):
+        return torch.tensor([mean_iou(p, m, num_classes) for p, m in zip(pred, masks)], dtype=torch.float64)
+
+    with torch.no_grad():
+        trained = per_image(model(images).argmax(1))
+        try:
+            for i in steps:
+                if _module_kernels_kind(ups[i]) is None:
+                    raise TypeError(f"step {i} ({type(ups[i]).__name__}) has no window kernels to replace")
+                handles.append(ups[i].register_forward_hook(hook))
+            uniform = per_image(model(images).argmax(1))
+        finally:
+            for h in handles:
+                h.remove()
+    return dict(trained=trained, uniform=uniform, diff=paired_t((uniform - trained).tolist()))
+
+
+def _module_kernels_kind(up):
+    from sapa.upsamplers import CARAFE, FADE, SAPAUpsampler
+
+    return type(up).__name__ if isinstance(up, (SAPAUpsampler, CARAFE, FADE)) else None

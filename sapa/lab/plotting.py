@@ -528,8 +528,13 @@ def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[st
             if j == 0 and box is not None:
                 ax.add_patch(Rectangle((box[1] - 0.5, box[0] - 0.5), box[3], box[2], fill=False, edgecolor="white",
                                        linewidth=1.2))
-    fig.tight_layout(rect=(0, 0.09 if N > 1 else 0.16, 1, 1))
-    class_legend(fig, names, num_classes)
+    # a legend no wider than the panels (about 1.2 inches per entry), on as many rows as needed
+    width = cell * len(cols)
+    ncol = max(1, min(len(names), int(width // 1.2)))
+    legend_rows = -(-len(names) // ncol)
+    fig.set_size_inches(width, cell * N + 0.5 + 0.25 * (legend_rows - 1))
+    fig.tight_layout(rect=(0, min(0.5, (0.22 * legend_rows + 0.08) / fig.get_size_inches()[1]), 1, 1))
+    class_legend(fig, names, num_classes, ncol=ncol)
     return fig
 
 
