@@ -379,3 +379,12 @@ def test_uniform_kernel_ablation_runs_and_refuses_kernel_free_steps():
         cmp.uniform_kernel_ablation(_segmenter("sapa-b"), images, masks, 6, steps=[7])
     with pytest.raises(TypeError):
         cmp.apply_kernels(torch.nn.Identity(), images, images, images)
+
+
+def test_describe_difference_never_prints_a_nonzero_mean_as_zero():
+    from sapa.lab.stats import describe_difference
+
+    r = dict(paired_t([0.0003, 0.0005, 0.0004]), p_holm=0.04, alpha=0.05)
+    text = describe_difference(r)
+    assert text.startswith("+0.04 points") and "+0.0 " not in text
+    assert describe_difference(dict(paired_t([0.01, 0.02, 0.03]), p_holm=0.04)).startswith("+2.0 points")
