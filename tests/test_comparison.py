@@ -388,3 +388,24 @@ def test_describe_difference_never_prints_a_nonzero_mean_as_zero():
     text = describe_difference(r)
     assert text.startswith("+0.04 points") and "+0.0 " not in text
     assert describe_difference(dict(paired_t([0.01, 0.02, 0.03]), p_holm=0.04)).startswith("+2.0 points")
+
+
+def test_feature_pc1_spread_interval_cell_and_stored_model(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(5, generator=g, dtype=torch.float64)
+    coef = torch.randn(6, 7, generator=g, dtype=torch.float64)
+    feat = direction[:, None, None] * coef[None] + 1e-6 * torch.randn(5, 6, 7, generator=g, dtype=torch.float64)
+    p = cmp.feature_pc1(feat).double()
+    want = (coef - coef.mean()) / (coef - coef.mean()).abs().max()
+    assert_close(p.abs(), want.abs(), atol=1e-4, rtol=0)  # a rank-one feature: PC1 is its coefficient map
+    assert float(p.abs().max()) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        cmp.feature_pc1(torch.zeros(2, 3))
+    assert cmp.spread(torch.tensor([0.7, 0.8, float("nan")])) == "0.75\u00a0±\u00a00.07"
+    with pytest.raises(ValueError):
+        cmp.spread(torch.tensor([float("nan")]))
+    t = paired_t([-0.01, -0.015, -0.012])
+    assert cmp.interval_cell(t).startswith("-1.2\u00a0[")
+    assert cmp.interval_cell(paired_t([0.0003, 0.0005, 0.0004])).startswith("+0.04\u00a0[")
+    monkeypatch.setenv("SAPA_RESULTS_DIR", str(tmp_path))  # an empty results folder: nothing fetched
+    assert cmp.stored_model("sapa-b") is None

@@ -44,7 +44,8 @@ __all__ = [
     "paper_agreement", "late_gains", "interval_widths", "describe",
     "claims_main", "claim_mechanism", "claim_table6", "claim_segformer",
     "labels_at", "label_boundary", "same_class_indicator", "same_class_mass", "kernel_statistics",
-    "mass_sentence", "apply_kernels", "uniform_kernel_ablation",
+    "mass_sentence", "apply_kernels", "uniform_kernel_ablation", "feature_pc1", "spread", "stored_model",
+    "interval_cell",
 ]
 
 #: learned upsamplers without content-aware kernels: a gain they share is no evidence for SAPA's mechanism
@@ -827,3 +828,46 @@ def _module_kernels_kind(up):
     from sapa.upsamplers import CARAFE, FADE, SAPAUpsampler
 
     return type(up).__name__ if isinstance(up, (SAPAUpsampler, CARAFE, FADE)) else None
+
+
+def feature_pc1(feat: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) feature -> (H, W): its first principal component over the pixels, scaled by its
+    largest absolute value into [-1, 1] (the sign is the SVD's, arbitrary)."""
+    if not isinstance(feat, torch.Tensor) or feat.dim() != 3:
+        raise ValueError(f"feat must be a (C, H, W) tensor, got "
+                         f"{tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__}")
+    f = feat.detach().flatten(1).T.double()
+    f = f - f.mean(0)
+    v = torch.linalg.svd(f, full_matrices=False).Vh[0]
+    p = (f @ v).view(feat.shape[1:])
+    return (p / p.abs().max().clamp_min(1e-12)).float()
+
+
+def spread(values: torch.Tensor, digits: int = 2) -> str:
+    """``"0.75 ± 0.05"``: mean ± sample sd of a per-image statistic (B,), NaNs left out."""
+    t = values[~torch.isnan(values)].double()
+    if t.numel() == 0:
+        raise ValueError("no finite values")
+    sd = float(t.std()) if t.numel() > 1 else 0.0
+    return f"{float(t.mean()):.{digits}f}\u00a0±\u00a0{signed(sd, digits, sign=False)}"
+
+
+def interval_cell(t: Dict, scale: float = 100.0) -> str:
+    """``"-1.2 [-2.0, -0.5]"``: a :func:`sapa.lab.stats.paired_t` mean and 95 % interval x scale."""
+    d = _digits(scale * t["mean"], 1)
+    return (f"{signed(scale * t['mean'], d)}\u00a0[{signed(scale * t['ci_low'], d)},"
+            f"\u00a0{signed(scale * t['ci_high'], d)}]")
+
+
+def stored_model(upsampler: str, seed: int = 0):
+    """The exported model of the main sweep's run (``models/main_<upsampler>_s<seed>``, weights
+    and config beside each other), rebuilt by :func:`sapa.lab.results.load_model`; None when it
+    is not stored (or cannot be fetched)."""
+    from .results import load_model, stored_file
+
+    name = f"models/main_{upsampler.replace('+', '-')}_s{seed}"
+    try:
+        stored_file(name + ".json")  # the config beside the weights
+        return load_model(stored_file(name + ".safetensors"))
+    except FileNotFoundError:
+        return None
