@@ -409,3 +409,11 @@ def test_feature_pc1_spread_interval_cell_and_stored_model(tmp_path, monkeypatch
     assert cmp.interval_cell(paired_t([0.0003, 0.0005, 0.0004])).startswith("+0.04\u00a0[")
     monkeypatch.setenv("SAPA_RESULTS_DIR", str(tmp_path))  # an empty results folder: nothing fetched
     assert cmp.stored_model("sapa-b") is None
+
+
+def test_late_lr_share():
+    row = {"curve": '{"epoch": [1, 2, 3, 4], "lr": [1.0, 0.5, 0.2, 0.1]}'}
+    assert cmp.late_lr_share(row, last_epochs=2) == pytest.approx(0.2)
+    assert cmp.late_lr_share(row, last_epochs=4) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        cmp.late_lr_share({"curve": '{"epoch": [1], "lr": []}'})

@@ -45,7 +45,7 @@ __all__ = [
     "claims_main", "claim_mechanism", "claim_table6", "claim_segformer",
     "labels_at", "label_boundary", "same_class_indicator", "same_class_mass", "kernel_statistics",
     "mass_sentence", "apply_kernels", "uniform_kernel_ablation", "feature_pc1", "spread", "stored_model",
-    "interval_cell",
+    "interval_cell", "late_lr_share",
 ]
 
 #: learned upsamplers without content-aware kernels: a gain they share is no evidence for SAPA's mechanism
@@ -383,6 +383,17 @@ def late_gains(rows: Sequence[Dict], metric: str = "val_miou") -> Dict[str, floa
         if len(v) >= 2:
             out[r["setting"]].append(100 * (v[-1] - v[-2]))
     return {u: (statistics.fmean(g) if g else math.nan) for u, g in out.items()}
+
+
+def late_lr_share(row: Dict, last_epochs: int = 8) -> float:
+    """The largest learning rate of a run's last ``last_epochs`` epochs as a share of its peak,
+    from the ``curve`` column (JSON with ``epoch`` and ``lr`` lists)."""
+    c = json.loads(row["curve"]) if isinstance(row["curve"], str) else row["curve"]
+    if not c.get("lr") or len(c["lr"]) != len(c.get("epoch", [])):
+        raise ValueError("the curve has no lr per epoch")
+    end = max(c["epoch"])
+    late = [lr for e, lr in zip(c["epoch"], c["lr"]) if e > end - last_epochs]
+    return max(late) / max(c["lr"])
 
 
 def interval_widths(rows: Sequence[Dict], a: str, b: str, metric: str = "miou") -> Dict:
