@@ -417,3 +417,10 @@ def test_late_lr_share():
     assert cmp.late_lr_share(row, last_epochs=4) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         cmp.late_lr_share({"curve": '{"epoch": [1], "lr": []}'})
+
+
+def test_claims_show_the_loaders_status_when_a_file_is_missing():
+    st = "The stored result `x.csv` could not be downloaded (no network)."
+    assert cmp.claims_main(None, ["bilinear", "sapa-b"], command="CMD", status=st)[0].endswith(st)
+    assert cmp.claim_mechanism(None, ("bilinear",), (0.5,), (0,), "CMD", status=st).endswith(st)
+    assert cmp.claim_table6(None, "CMD", status=st).endswith(st)

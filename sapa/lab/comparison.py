@@ -430,19 +430,23 @@ def _vs(rows, a, others, metric):
 
 
 def claims_main(rows: Optional[Sequence[Dict]], family: Sequence[str], baseline: str = "bilinear",
-                names: Optional[Dict[str, str]] = None, command: str = "") -> List[str]:
+                names: Optional[Dict[str, str]] = None, command: str = "", status: str = "") -> List[str]:
     """The preface's verdicts from the main comparison (Markdown bullets).
 
     ``family``: every upsampler of the comparison (bilinear included). Needs 2 complete seeds;
-    with fewer, one bullet says why the claims cannot be judged yet.
+    with fewer, one bullet says why the claims cannot be judged yet (``status``: the loader's
+    sentence, shown when ``rows`` is None).
     """
     nm = _names(names)
     missing = rows is None
     seeds, rows = complete_rows(rows, family)
     n = len(seeds)
     if n < 2:
+        if missing and status:
+            return [f"* *SAPA is higher than bilinear upsampling, most at boundaries*: cannot be judged yet. "
+                    f"{status}"]
         have = "no file" if missing else plural(n, "complete seed")
-        return [f"* *SAPA improves on bilinear upsampling, most at boundaries*: cannot be judged yet "
+        return [f"* *SAPA is higher than bilinear upsampling, most at boundaries*: cannot be judged yet "
                 f"(`main.csv`: {have}; a paired interval needs two); `{command}` fills it."]
     compared = [u for u in family if u != baseline]
     res = paired_results(rows, ("miou", "boundary_iou"), compared, baseline)
@@ -521,15 +525,20 @@ def claims_main(rows: Optional[Sequence[Dict]], family: Sequence[str], baseline:
 
 
 def claim_mechanism(rows: Optional[Sequence[Dict]], upsamplers: Sequence[str], sigmas: Sequence[float],
-                    seeds: Sequence[int], command: str, names: Optional[Dict[str, str]] = None) -> str:
-    """The preface's verdict from chapter 7's controlled problem (rows of ``mechanism.csv``)."""
+                    seeds: Sequence[int], command: str, names: Optional[Dict[str, str]] = None,
+                    status: str = "") -> str:
+    """The preface's verdict from chapter 7's controlled problem (rows of ``mechanism.csv``;
+    ``status``: the loader's sentence, shown when ``rows`` is None)."""
     nm = _names(names)
+    if rows is None and status:
+        return f"* *SAPA keeps regions smooth and boundaries sharp* (chapter 7): cannot be judged yet. {status}"
     rows = list(rows or [])
     cells = {(r["upsampler"], float(r["sigma"]), r["seed"]) for r in rows}
     mseeds = [k for k in seeds if all((u, float(s), k) in cells for u in upsamplers for s in sigmas)]
     if len(mseeds) < 2:
         return (f"* *SAPA keeps regions smooth and boundaries sharp* (chapter 7): cannot be judged yet "
-                f"(`mechanism.csv` has {plural(len(mseeds), 'complete seed')}); `{command}` completes it.")
+                f"(`mechanism.csv` has {plural(len(mseeds), 'complete seed')}); `{command}` completes it."
+                + (f" {status}" if status else ""))
     fam = [u for u in upsamplers if u != "bilinear"]
     both_all = None
     for s in sigmas:
@@ -546,8 +555,11 @@ def claim_mechanism(rows: Optional[Sequence[Dict]], upsamplers: Sequence[str], s
             f"other upsamplers that do too: {names_list(others, nm)}.")
 
 
-def claim_table6(rows: Optional[Sequence[Dict]], command: str) -> str:
-    """The preface's verdict on Table 6's normalisation group (rows of ``table6.csv``)."""
+def claim_table6(rows: Optional[Sequence[Dict]], command: str, status: str = "") -> str:
+    """The preface's verdict on Table 6's normalisation group (rows of ``table6.csv``; ``status``:
+    the loader's sentence, shown when ``rows`` is None)."""
+    if rows is None and status:
+        return f"* *$h = e^x$ is the best normalisation* (Table 6, chapter 8): cannot be judged yet. {status}"
     norms = [r for r in (rows or []) if r.get("group") == "normalization"]
     settings = ["none", "exp", "relu", "sigmoid", "softplus"]
     nseeds, rs = complete_rows(norms, settings)
