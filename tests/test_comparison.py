@@ -424,3 +424,19 @@ def test_claims_show_the_loaders_status_when_a_file_is_missing():
     assert cmp.claims_main(None, ["bilinear", "sapa-b"], command="CMD", status=st)[0].endswith(st)
     assert cmp.claim_mechanism(None, ("bilinear",), (0.5,), (0,), "CMD", status=st).endswith(st)
     assert cmp.claim_table6(None, "CMD", status=st).endswith(st)
+
+
+def test_show_map_log_scale():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sapa.lab.plotting import show_map
+
+    fig, ax = plt.subplots()
+    im = show_map(ax, np.array([[0.04, 0.2], [1.0, 0.01]]), vmin=0.04, vmax=1, log=True, colorbar=False)
+    assert im.norm.vmin == pytest.approx(0.04) and float(im.get_array().min()) == pytest.approx(0.04)  # clipped
+    assert im.norm(0.2) == pytest.approx(0.5)  # 0.2 = sqrt(0.04 * 1): the middle of a log scale
+    with pytest.raises(ValueError):
+        show_map(ax, np.ones((2, 2)), vmin=0, vmax=1, log=True)
+    plt.close(fig)

@@ -733,15 +733,24 @@ def curve_plot(rows: Sequence[Dict], settings: Sequence[str], metric: str = "val
 
 
 def show_map(ax, values: ArrayLike, cmap: str = "viridis", vmin: Optional[float] = None,
-             vmax: Optional[float] = None, label: Optional[str] = None, colorbar: bool = True):
+             vmax: Optional[float] = None, label: Optional[str] = None, colorbar: bool = True,
+             log: bool = False):
     """``imshow`` of a scalar map (H, W) with a colour bar beside the panel (its label:
-    ``label``), no ticks. Returns the image artist."""
+    ``label``), no ticks; ``log``: a logarithmic colour scale from ``vmin`` to ``vmax`` (both
+    positive). Returns the image artist."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     arr = _np(values)
     if arr.ndim != 2:
         raise ValueError(f"values must be a 2-d map (H, W), got shape {arr.shape}")
-    im = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if log:
+        if vmin is None or vmax is None or not 0 < vmin < vmax:
+            raise ValueError(f"log=True needs 0 < vmin < vmax, got {vmin!r}, {vmax!r}")
+        im = ax.imshow(np.clip(arr, vmin, vmax), cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax),
+                       interpolation="nearest")
+    else:
+        im = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if colorbar:
