@@ -440,3 +440,35 @@ def test_show_map_log_scale():
     with pytest.raises(ValueError):
         show_map(ax, np.ones((2, 2)), vmin=0, vmax=1, log=True)
     plt.close(fig)
+
+
+def test_control_kernel_and_ablation_texts_give_every_key():
+    means = {"bilinear": 0.93, "carafe": 0.953, "bilinear+conv": 0.94}
+    rows = _rows(means, seeds=range(4), noise=0.002)
+    for r in rows:
+        r["params"] = 1000 + (500 if r["setting"] != "bilinear" else 0)
+        r["upsampler_params"] = 500 if r["setting"] != "bilinear" else 0
+    res = cmp.paired_results(rows, ("miou", "boundary_iou", "fg_boundary_iou"), ["carafe", "bilinear+conv"])
+    t = cmp.control_texts(rows, res)
+    assert set(t) == set(cmp.CONTROL_KEYS) and "n/a" not in t.values()
+    assert t["carafe_ratio"] == "0.5" and t["carafe_vs_ctrl_miou"].startswith("+1.3 points")
+    assert t["ctrl_phrase"].startswith("CARAFE is higher than its parameter-matched control")
+    empty = cmp.control_texts([], {})
+    assert set(empty) == set(cmp.CONTROL_KEYS) and set(empty.values()) == {"n/a"}
+
+    st = {"max_boundary": torch.tensor([0.1, 0.2], dtype=torch.float64)}
+    for k in ("max_interior", "points_boundary", "mass_boundary", "uniform_boundary", "contrast_boundary"):
+        st[k] = torch.tensor([0.5, 0.7], dtype=torch.float64)
+    other = dict(st, mass_boundary=torch.tensor([0.2, 0.3], dtype=torch.float64))
+    table, texts = cmp.kernel_texts({"sapa-b": st, "carafe": other}, {"sapa-b": "SAPA-B", "carafe": "CARAFE"})
+    assert set(texts) == set(cmp.KERNEL_KEYS) and table[1][0][0] == "SAPA-B"
+    assert texts["km_sapab_mass"] == "0.60\u00a0±\u00a00.14" and texts["km_n"] == "2"
+    assert texts["km_fade_mass"].startswith("n/a")  # no FADE statistics: said, not left out
+    assert cmp.kernel_texts({})[0] is None
+
+    diff = paired_t([-0.3, -0.35, -0.32])
+    abl = {"sapa-b": {"all": {"trained": torch.tensor([0.9, 0.95]), "diff": diff},
+                      "last": {"trained": torch.tensor([0.9, 0.95]), "diff": diff}}}
+    table, texts = cmp.ablation_texts(abl, {"sapa-b": "SAPA-B"})
+    assert table[1][0][:2] == ["SAPA-B", "92.5"] and texts["abl_sapab_all"].startswith("-32.3")
+    assert set(texts) == set(cmp.ABLATION_KEYS) and texts["abl_fade_all"].startswith("n/a")

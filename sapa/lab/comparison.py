@@ -45,7 +45,7 @@ __all__ = [
     "claims_main", "claim_mechanism", "claim_table6", "claim_segformer",
     "labels_at", "label_boundary", "same_class_indicator", "same_class_mass", "kernel_statistics",
     "mass_sentence", "apply_kernels", "uniform_kernel_ablation", "feature_pc1", "spread", "stored_model",
-    "interval_cell", "late_lr_share",
+    "interval_cell", "late_lr_share", "control_texts", "kernel_texts", "ablation_texts",
 ]
 
 #: learned upsamplers without content-aware kernels: a gain they share is no evidence for SAPA's mechanism
@@ -894,3 +894,104 @@ def stored_model(upsampler: str, seed: int = 0):
         return load_model(stored_file(name + ".safetensors"))
     except FileNotFoundError:
         return None
+
+
+CONTROL_KEYS = ("carafe_params", "ctrl_params", "carafe_ratio", "carafe_vs_bil_miou", "ctrl_vs_bil_miou",
+                "carafe_vs_ctrl_miou", "carafe_vs_bil_boundary_iou", "ctrl_vs_bil_boundary_iou",
+                "carafe_vs_ctrl_boundary_iou", "ctrl_vs_bil_fg_boundary_iou", "ctrl_phrase")
+
+
+def control_texts(rows: Sequence[Dict], results: Dict[str, List[Dict]], control: str = "bilinear+conv",
+                  model: str = "carafe") -> Dict[str, str]:
+    """Every text chapter 6 shows about the parameter-matched control, keyed by glue name
+    (:data:`CONTROL_KEYS`; "n/a" where the rows cannot give it).
+
+    ``rows``: the complete-seed rows; ``results``: :func:`paired_results` for "miou",
+    "boundary_iou" and "fg_boundary_iou" (empty with fewer than 2 seeds). The reading
+    (``ctrl_phrase``) rests on the direct paired difference CARAFE - control
+    (:func:`control_sentence`)."""
+    out = {k: "n/a" for k in CONTROL_KEYS}
+    first = {}
+    for r in rows:
+        if r["setting"] in (model, control) and r["setting"] not in first:
+            first[r["setting"]] = r
+    if len(first) == 2:
+        rest = first[model]["params"] - first[model]["upsampler_params"]
+        out["carafe_params"] = f"{first[model]['upsampler_params']:,}"
+        out["ctrl_params"] = f"{first[control]['upsampler_params']:,}"
+        out["carafe_ratio"] = f"{first[model]['upsampler_params'] / rest:.1f}"
+    if results:
+        by = {m: {r["setting"]: r for r in rs} for m, rs in results.items()}
+        direct = {m: pair_family(rows, [(model, control)], m)[0] for m in ("miou", "boundary_iou")}
+        for m in ("miou", "boundary_iou"):
+            out[f"carafe_vs_bil_{m}"] = describe(by[m][model])
+            out[f"ctrl_vs_bil_{m}"] = describe(by[m][control])
+            out[f"carafe_vs_ctrl_{m}"] = describe(direct[m], adjusted=False)
+        if "fg_boundary_iou" in by:
+            out["ctrl_vs_bil_fg_boundary_iou"] = describe(by["fg_boundary_iou"][control])
+        out["ctrl_phrase"] = control_sentence(direct["miou"], by["miou"][control])
+    return out
+
+
+KERNEL_KEYS = ("km_n", "km_sapab_max", "km_sapab_max_in", "km_fade_max", "km_fade_points", "km_sapab_points",
+               "km_sapab_mass", "km_fade_mass", "km_uniform", "km_sapab_contrast", "km_fade_contrast",
+               "mass_order")
+
+
+def _median(t: torch.Tensor) -> float:
+    t = t[~torch.isnan(t)]
+    return float(t.median()) if t.numel() else math.nan
+
+
+def kernel_texts(stats: Dict[str, Dict[str, torch.Tensor]], names: Optional[Dict[str, str]] = None):
+    """``(table, texts)`` of chapter 6's kernel statistics: ``table`` = (header, rows) with, per
+    upsampler, the max weight, effective points, same-class mass and the averaging kernel's
+    same-class mass on boundary pixels (mean ± sd over images), or None without statistics;
+    ``texts`` = {glue name: text} for every key of :data:`KERNEL_KEYS` ("n/a ..." where missing).
+    ``stats``: {upsampler: :func:`kernel_statistics` output}."""
+    nm = _names(names)
+    texts = {k: "n/a (no stored model with kernels)" for k in KERNEL_KEYS}
+    if not stats:
+        return None, texts
+    header = ["upsampler", "max weight", "eff. points", "same-class mass", "averaging kernel"]
+    rows = [[nm.get(u, u), spread(s["max_boundary"]), spread(s["points_boundary"], 1), spread(s["mass_boundary"]),
+             spread(s["uniform_boundary"])] for u, s in stats.items()]
+    texts["km_n"] = str(len(next(iter(stats.values()))["mass_boundary"]))
+    for u, tag in (("sapa-b", "sapab"), ("fade", "fade")):
+        if u not in stats:
+            continue
+        s = stats[u]
+        texts[f"km_{tag}_max"] = spread(s["max_boundary"])
+        texts[f"km_{tag}_points"] = spread(s["points_boundary"], 1)
+        texts[f"km_{tag}_mass"] = spread(s["mass_boundary"])
+        texts[f"km_{tag}_contrast"] = f"{_median(s['contrast_boundary']):.0f}"
+        if u == "sapa-b":
+            texts["km_sapab_max_in"] = spread(s["max_interior"])
+            texts["km_uniform"] = spread(s["uniform_boundary"])
+    if len(stats) >= 2:
+        texts["mass_order"] = mass_sentence(stats, nm)
+    return (header, rows), texts
+
+
+ABLATION_KEYS = ("abl_sapab_all", "abl_sapab_last", "abl_fade_all")
+
+
+def ablation_texts(ablations: Dict[str, Dict[str, Dict]], names: Optional[Dict[str, str]] = None):
+    """``(table, texts)`` of chapter 6's uniform-kernel ablation: ``ablations`` = {upsampler:
+    {"all": ..., "last": ...}} of :func:`uniform_kernel_ablation` outputs; ``table`` =
+    (header, rows) (mean per-image mIoU of the trained model, and its change with uniform kernels
+    at every step and at the last step, points, 95 % interval over images) or None; ``texts`` =
+    {glue name: text} for :data:`ABLATION_KEYS`."""
+    nm = _names(names)
+    texts = {k: "n/a (no stored model with kernels)" for k in ABLATION_KEYS}
+    if not ablations:
+        return None, texts
+    header = ["upsampler", "mIoU", "Δ all steps", "Δ last step"]
+    rows = [[nm.get(u, u), f"{100 * float(a['all']['trained'].mean()):.1f}", interval_cell(a["all"]["diff"]),
+             interval_cell(a["last"]["diff"])] for u, a in ablations.items()]
+    if "sapa-b" in ablations:
+        texts["abl_sapab_all"] = interval_cell(ablations["sapa-b"]["all"]["diff"])
+        texts["abl_sapab_last"] = interval_cell(ablations["sapa-b"]["last"]["diff"])
+    if "fade" in ablations:
+        texts["abl_fade_all"] = interval_cell(ablations["fade"]["all"]["diff"])
+    return (header, rows), texts
