@@ -162,7 +162,9 @@ def class_legend(fig_or_ax, names: Sequence[str], num_classes: Optional[int] = N
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    cols = _np(colours) if colours is not None else palette(num_classes or len(names))
+    n = num_classes or len(names)
+    cols = _np(colours) if colours is not None else palette(
+        n, (list(names) + [f"class {i}" for i in range(len(names), n)])[:n])
     if len(cols) < len(names):
         raise ValueError(f"{len(cols)} colours for {len(names)} class names")
     handles = [Patch(facecolor=cols[i], edgecolor="black", linewidth=0.5, label=str(n)) for i, n in enumerate(names)]
@@ -344,31 +346,73 @@ def collect_kernels(model, image: torch.Tensor) -> Dict[str, Optional[torch.Tens
 # --------------------------------------------------------------------------------------
 # segmentation masks
 # --------------------------------------------------------------------------------------
+#: default class colours. Classes 1-4 are drawn in the colours the texture task's classes are
+#: named after (sapa.lab.data.TEXTURE_CLASSES: background, red, lime, cyan, blue, thin), so that
+#: a figure never draws "lime" in blue; :func:`palette` with ``names`` maps any colour-named class
+#: to its colour.
 _BASE_COLOURS = np.array([
     [0.15, 0.15, 0.15],  # background: dark grey
-    [0.90, 0.30, 0.25], [0.25, 0.55, 0.90], [0.95, 0.75, 0.20], [0.30, 0.80, 0.40],
-    [0.70, 0.40, 0.85], [0.20, 0.80, 0.80], [0.95, 0.55, 0.75], [0.60, 0.45, 0.30],
+    [1.00, 0.00, 0.00], [0.00, 1.00, 0.00], [0.00, 1.00, 1.00], [0.00, 0.00, 1.00],  # red, lime, cyan, blue
+    [0.70, 0.40, 0.85], [0.95, 0.65, 0.10], [0.95, 0.55, 0.75], [0.60, 0.45, 0.30],
     [0.75, 0.75, 0.75],
 ])
 
 
-def palette(num_classes: int) -> np.ndarray:
+def _colour_word(name) -> Optional[Tuple[float, float, float]]:
+    """The RGB of a class name that is a colour word ("lime", "red"), else None."""
+    from matplotlib.colors import is_color_like, to_rgb
+
+    n = str(name).strip().lower()
+    if len(n) > 1 and n.isalpha() and is_color_like(n):
+        return tuple(float(v) for v in to_rgb(n))
+    return None
+
+
+def palette(num_classes: int, names: Optional[Sequence[str]] = None) -> np.ndarray:
     """(num_classes, 3) float RGB colours in [0, 1]; class 0 is dark grey, the next nine are
-    fixed distinct colours, further classes are spread over the hue circle."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    fixed distinct colours (1-4: red, lime, cyan, blue), further classes are spread over the
+    hue circle.
+
+    ``names`` (one per class): a class named after a colour ("red", "lime", "cyan", "blue", any
+    matplotlib colour word) is drawn in that colour; the other classes keep their default
+    colour unless a named class took it, then they get the next unused one."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if num_classes <= len(_BASE_COLOURS):
-        return _BASE_COLOURS[:num_classes].copy()
-    import colorsys
+        pal = _BASE_COLOURS[:num_classes].copy()
+    else:
+        import colorsys
 
-    extra = [colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.9) for i in range(num_classes - len(_BASE_COLOURS))]
-    return np.concatenate([_BASE_COLOURS, np.array(extra)], axis=0)
+        extra = [colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.9)
+                 for i in range(num_classes - len(_BASE_COLOURS))]
+        pal = np.concatenate([_BASE_COLOURS, np.array(extra)], axis=0)
+    if names is None:
+        return pal
+    names = list(names)
+    if len(names) != num_classes:
+        raise ValueError(f"names has {len(names)} entries for {num_classes} classes")
+    named = {i: c for i, n in enumerate(names) if (c := _colour_word(n)) is not None}
+    taken = [np.array(c) for c in named.values()]
+    spare = [c for c in _BASE_COLOURS if not any(np.allclose(c, t) for t in taken)]
+    used = set()
+    for i in range(num_classes):
+        if i in named:
+            pal[i] = named[i]
+        elif any(np.allclose(pal[i], t) for t in taken):
+            free = [c for c in spare if not any(np.allclose(c, pal[j]) for j in range(num_classes) if j != i)
+                    and tuple(c) not in used]
+            if free:
+                pal[i] = free[0]
+                used.add(tuple(free[0]))
+    return pal
 
 
-def colorize(mask: ArrayLike, num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) RGB in [0, 1] (ignored / out-of-range labels white)."""
+def colorize(mask: ArrayLike, num_classes: int, ignore_index: int = 255,
+             names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) RGB in [0, 1] (ignored / out-of-range labels white);
+    ``names``: the class names, so that colour-named classes get their colour (:func:`palette`)."""
     m = _np(mask).astype(np.int64)
-    pal = np.concatenate([palette(num_classes), np.ones((1, 3))], axis=0)
+    pal = np.concatenate([palette(num_classes, names), np.ones((1, 3))], axis=0)
     idx = np.where((m >= 0) & (m < num_classes), m, num_classes)
     return pal[idx].astype(np.float32)
 
@@ -459,6 +503,9 @@ def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[st
         if len(boxes) != N:
             raise ValueError(f"got {len(boxes)} crop boxes for {N} images")
 
+    names = list(class_names) if class_names is not None else [f"class {c}" for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"class_names has {len(names)} names for {num_classes} classes")
     cols = ["image", "ground truth", *preds]
     if cell is None:
         cell = min(1.6, BOOK_WIDTH / len(cols))
@@ -466,8 +513,8 @@ def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[st
     for i in range(N):
         box = boxes[i]
         sl = (slice(None), slice(None)) if box is None else (slice(box[0], box[0] + box[2]), slice(box[1], box[1] + box[3]))
-        panels = [np.clip(imgs[i].transpose(1, 2, 0), 0, 1), colorize(gts[i][sl], num_classes)]
-        panels += [colorize(p[i][sl], num_classes) for p in preds.values()]
+        panels = [np.clip(imgs[i].transpose(1, 2, 0), 0, 1), colorize(gts[i][sl], num_classes, names=class_names)]
+        panels += [colorize(p[i][sl], num_classes, names=class_names) for p in preds.values()]
         for j, (ax, panel) in enumerate(zip(axes[i], panels)):
             ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([])
@@ -481,11 +528,13 @@ def show_predictions(images: ArrayLike, masks: ArrayLike, preds_by_name: Dict[st
             if j == 0 and box is not None:
                 ax.add_patch(Rectangle((box[1] - 0.5, box[0] - 0.5), box[3], box[2], fill=False, edgecolor="white",
                                        linewidth=1.2))
-    names = list(class_names) if class_names is not None else [f"class {c}" for c in range(num_classes)]
-    if len(names) != num_classes:
-        raise ValueError(f"class_names has {len(names)} names for {num_classes} classes")
-    fig.tight_layout(rect=(0, 0.09 if N > 1 else 0.16, 1, 1))
-    class_legend(fig, names, num_classes)
+    # a legend no wider than the panels (about 1.2 inches per entry), on as many rows as needed
+    width = cell * len(cols)
+    ncol = max(1, min(len(names), int(width // 1.2)))
+    legend_rows = -(-len(names) // ncol)
+    fig.set_size_inches(width, cell * N + 0.5 + 0.25 * (legend_rows - 1))
+    fig.tight_layout(rect=(0, min(0.5, (0.22 * legend_rows + 0.08) / fig.get_size_inches()[1]), 1, 1))
+    class_legend(fig, names, num_classes, ncol=ncol)
     return fig
 
 
@@ -684,15 +733,24 @@ def curve_plot(rows: Sequence[Dict], settings: Sequence[str], metric: str = "val
 
 
 def show_map(ax, values: ArrayLike, cmap: str = "viridis", vmin: Optional[float] = None,
-             vmax: Optional[float] = None, label: Optional[str] = None, colorbar: bool = True):
+             vmax: Optional[float] = None, label: Optional[str] = None, colorbar: bool = True,
+             log: bool = False):
     """``imshow`` of a scalar map (H, W) with a colour bar beside the panel (its label:
-    ``label``), no ticks. Returns the image artist."""
+    ``label``), no ticks; ``log``: a logarithmic colour scale from ``vmin`` to ``vmax`` (both
+    positive). Returns the image artist."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     arr = _np(values)
     if arr.ndim != 2:
         raise ValueError(f"values must be a 2-d map (H, W), got shape {arr.shape}")
-    im = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if log:
+        if vmin is None or vmax is None or not 0 < vmin < vmax:
+            raise ValueError(f"log=True needs 0 < vmin < vmax, got {vmin!r}, {vmax!r}")
+        im = ax.imshow(np.clip(arr, vmin, vmax), cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax),
+                       interpolation="nearest")
+    else:
+        im = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if colorbar:

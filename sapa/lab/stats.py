@@ -258,11 +258,15 @@ def describe_difference(result: Dict, scale: float = 100.0, digits: int = 1, uni
     ``"+1.2 points (95 % CI +0.4 to +2.0, Holm p = 0.012, n = 5)"``.
 
     ``scale`` multiplies the mean and the interval (100: fractions to percentage points);
+    ``digits`` decimals, more (up to 3) when a nonzero mean would print as 0.0;
     the interval's level is the one ``paired_differences`` was called with (shown as 95 %
     for alpha = 0.05).
     """
     level = result.get("alpha")
-    f = f"{{:+.{digits}f}}"
+    d, m = digits, scale * result["mean"]
+    while m != 0 and round(abs(m), d) == 0 and d < 3:  # a nonzero mean never prints as +0.0
+        d += 1
+    f = f"{{:+.{d}f}}"
     p = result.get("p_holm", result["p"])
     ptxt = f"{p:.3f}" if p >= 0.001 else "< 0.001"
     ptxt = ("= " + ptxt) if not ptxt.startswith("<") else ptxt
