@@ -155,7 +155,7 @@ def test_fmt_signed_never_prints_a_nonzero_value_as_zero():
     assert A.fmt_signed(0.0) == "0.0"
     assert A.fmt_signed(math.nan) == "n/a"
     r = dict(mean=-0.0004, ci_low=-0.001, ci_high=0.0002, p_holm=0.0004, alpha=0.05)
-    assert A.describe(r) == "\u22120.04 points (95 % CI \u22120.1 to +0.02, Holm p < 0.001)"
+    assert A.describe(r) == "\u22120.04 points (95 % CI \u22120.10 to +0.02, Holm p < 0.001)"  # the mean's decimals
     with pytest.raises(ValueError, match="mean"):
         A.describe({"p": 0.1})
 

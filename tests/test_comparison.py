@@ -43,7 +43,7 @@ def test_plural_and_signed():
     assert cmp.signed(-0.004) == "-0.004"
     assert cmp.signed(1.26) == "+1.3" and cmp.signed(0.0) == "0.0"
     assert cmp.signed(0.04, sign=False) == "0.04"
-    assert "0.0" not in cmp.signed(1e-5) and float(cmp.signed(1e-5)) > 0
+    assert cmp.signed(1e-5) == "+0.00001" and cmp.signed(-1e-8) == "-1e-08"  # never a nonzero value as 0.0
 
 
 def test_mean_sd_and_describe():

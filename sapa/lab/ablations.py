@@ -22,12 +22,11 @@ Usage::
 """
 from __future__ import annotations
 
-import math
 import statistics
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from . import sweep
-from .stats import complete_seeds, paired_differences, verdict
+from .stats import complete_seeds, describe_difference, paired_differences, signed, verdict
 
 __all__ = ["METRICS", "METRIC_NAMES", "GROUP_NAMES", "PAPER_TABLE6", "groups", "default_settings",
            "setting_name", "analyse", "fmt_signed", "describe", "group_table",
@@ -141,30 +140,15 @@ def _plural(n: int, word: str, plural: Optional[str] = None) -> str:
 
 
 def fmt_signed(value: float, digits: int = 1) -> str:
-    """``value`` (float) as text with a sign (a minus sign, U+2212, for negatives) and ``digits``
-    decimals, more when a non-zero value would otherwise print as 0.0 (0.04 -> "+0.04"), so no
-    "-0.0" and no "+0.0" for a non-zero value. Exactly zero prints "0.0"."""
-    if not math.isfinite(value):
-        return "n/a"
-    if value == 0:
-        return f"{0:.{digits}f}"
-    for k in range(digits, 7):
-        if round(abs(value), k) != 0:
-            return f"{value:+.{k}f}".replace("-", "\u2212")
-    return f"{value:+.1e}".replace("-", "\u2212")
+    """``value`` with a sign and a typeset minus (U+2212), never a nonzero value as 0.0
+    (:func:`sapa.lab.stats.signed`)."""
+    return signed(value, digits, minus="\u2212")
 
 
 def describe(result: Dict, scale: float = 100.0, unit: str = "points") -> str:
-    """One paired difference as text: ``"+1.2 points (95 % CI +0.4 to +2.0, Holm p = 0.012)"``;
-    a non-zero value never prints as 0.0 (see :func:`fmt_signed`)."""
-    for k in ("mean", "ci_low", "ci_high"):
-        if k not in result:
-            raise ValueError(f"result lacks {k!r}: pass a sapa.lab.stats.paired_differences entry")
-    p = result.get("p_holm", result.get("p", math.nan))
-    ptxt = "< 0.001" if p < 0.001 else f"= {p:.3f}"
-    level = f"{100 * (1 - result.get('alpha', 0.05)):.0f} %"
-    return (f"{fmt_signed(scale * result['mean'])} {unit} ({level} CI {fmt_signed(scale * result['ci_low'])} to "
-            f"{fmt_signed(scale * result['ci_high'])}, Holm p {ptxt})")
+    """One paired difference as text: ``"+1.2 points (95 % CI +0.4 to +2.0, Holm p = 0.012)"``
+    (:func:`sapa.lab.stats.describe_difference`, typeset minus)."""
+    return describe_difference(result, scale=scale, unit=unit, show_n=False, minus="\u2212")
 
 
 def _cell(result: Dict, scale: float = 100.0) -> str:

@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .stats import complete_seeds, holm, paired_differences, paired_t, t_ppf, verdict
+from .stats import (complete_seeds, decimals, describe_difference, holm, paired_differences, paired_t, plural,  # noqa: F401
+                    signed, t_ppf, verdict)
 
 __all__ = [
     "PLAIN", "GUIDED", "SIMILARITY", "PAPER_MIOU", "METRIC_NAMES",
@@ -93,13 +94,6 @@ def complete_rows(rows: Optional[Sequence[Dict]], settings: Sequence[str], key: 
     return seeds, [r for r in rows if r["seed"] in seeds and r[key] in keep]
 
 
-def plural(n: int, word: str, plural_form: Optional[str] = None) -> str:
-    """``"1 seed"``, ``"3 seeds"``: the count and the word, pluralised by the count."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, got {n!r}")
-    return f"{n} {word if n == 1 else (plural_form or word + 's')}"
-
-
 def seed_status(rows: Optional[Sequence[Dict]], status: str, settings: Sequence[str], planned: Sequence,
                 command: str) -> str:
     """The sentence that opens a comparison: how many complete seeds the stored rows hold.
@@ -124,22 +118,6 @@ def seed_status(rows: Optional[Sequence[Dict]], status: str, settings: Sequence[
     return text
 
 
-def signed(value: float, digits: int = 1, sign: bool = True) -> str:
-    """``value`` with ``digits`` decimals, more (up to 3) when a nonzero value would print as 0.0;
-    scientific notation when even 3 decimals round it away. ``sign``: print + for positives."""
-    v = float(value)
-    if math.isnan(v):
-        return "n/a"
-    if v == 0:
-        return f"{0:.{digits}f}"
-    d = digits
-    while round(abs(v), d) == 0 and d < 3:
-        d += 1
-    if round(abs(v), d) == 0:
-        return f"{v:+.0e}" if sign else f"{v:.0e}"
-    return f"{v:+.{d}f}" if sign else f"{v:.{d}f}"
-
-
 def mean_sd(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
     """``"98.9 ± 0.05"``: mean ± sample sd of ``values`` x ``scale`` (the mean alone for one value)."""
     v = [scale * float(x) for x in values]
@@ -159,21 +137,9 @@ def names_list(keys: Sequence[str], names: Optional[Dict[str, str]] = None, empt
 def describe(result: Dict, adjusted: bool = True, scale: float = 100.0, digits: int = 1,
              unit: str = "points") -> str:
     """A difference as text: ``"+1.4 points (95 % CI +0.4 to +2.4, Holm p = 0.010, n = 3)"``;
-    ``adjusted=False`` writes ``p`` (one planned comparison). Nonzero values never print as 0.0."""
-    p = result.get("p_holm", result["p"]) if adjusted else result["p"]
-    ptxt = f"= {p:.3f}" if p >= 0.001 else "< 0.001"
-    label = "Holm p" if adjusted else "p"
-    d = _digits(scale * result["mean"], digits)  # the interval with the mean's digits
-    return (f"{signed(scale * result['mean'], d)} {unit} (95 % CI {signed(scale * result['ci_low'], d)} to "
-            f"{signed(scale * result['ci_high'], d)}, {label} {ptxt}, n = {result['n']})")
+    ``adjusted=False`` writes ``p`` (one planned comparison) (:func:`sapa.lab.stats.describe_difference`)."""
+    return describe_difference(result, scale=scale, digits=digits, unit=unit, adjusted=adjusted)
 
-
-def _digits(v: float, digits: int) -> int:
-    """The decimals :func:`signed` uses for ``v`` (more than ``digits`` when v would print as 0)."""
-    d = digits
-    while v != 0 and not math.isnan(v) and round(abs(v), d) == 0 and d < 3:
-        d += 1
-    return d
 
 
 # --------------------------------------------------------------------------------------
@@ -877,7 +843,7 @@ def spread(values: torch.Tensor, digits: int = 2) -> str:
 
 def interval_cell(t: Dict, scale: float = 100.0) -> str:
     """``"-1.2 [-2.0, -0.5]"``: a :func:`sapa.lab.stats.paired_t` mean and 95 % interval x scale."""
-    d = _digits(scale * t["mean"], 1)
+    d = decimals(scale * t["mean"], 1)
     return (f"{signed(scale * t['mean'], d)}\u00a0[{signed(scale * t['ci_low'], d)},"
             f"\u00a0{signed(scale * t['ci_high'], d)}]")
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..hf import _check_name, _transformers, segformer_with_upsampler, tiny_config
+from .stats import signed
 
 __all__ = ["EXPERIMENT", "QUICK", "CSV_FIELDS", "STORED_COMMAND", "train_segformer", "run_sweep", "load_results",
            "stored_results", "overhead_rows", "sapa_g_gap", "sapa_g_sentence", "head_summary", "runs_table",
@@ -249,14 +250,8 @@ def _join(items: Sequence[str]) -> str:
 
 
 def _signed(value: float, digits: int = 2) -> str:
-    """``value`` with a sign and ``digits`` decimals, more when a non-zero value would print as
-    zero (no "-0.00", no "+0.00" for 0.004); exactly zero prints unsigned."""
-    if value == 0:
-        return f"{0:.{digits}f}"
-    for k in range(digits, 7):
-        if round(abs(value), k) != 0:
-            return f"{value:+.{k}f}".replace("-", "\u2212")
-    return f"{value:+.1e}".replace("-", "\u2212")
+    """:func:`sapa.lab.stats.signed` with a typeset minus (U+2212)."""
+    return signed(value, digits, minus="\u2212")
 
 
 def stored_results(name: str = "segformer", start=None):

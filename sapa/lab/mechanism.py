@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ._parallel import sigterm_as_interrupt, stop_pool
+from .stats import describe_difference, join_names, plural  # noqa: F401  (re-exported)
 
 __all__ = ["MechanismConfig", "PROFILES", "make_problem", "fit_upsampler", "evaluate", "kernel_maps",
            "kernel_study", "run", "read_rows", "summarize", "main", "CSV_COLUMNS",
@@ -502,22 +503,6 @@ def _command() -> str:
     return stored_command("mechanism")
 
 
-def plural(n: int, word: str, many: Optional[str] = None) -> str:
-    """``"1 seed"``, ``"2 seeds"``: ``n`` and ``word`` pluralised by count (``many``: the plural
-    when it is not ``word + "s"``)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, got {n!r}")
-    return f"{n} {word if n == 1 else (many or word + 's')}"
-
-
-def join_names(names: Sequence[str]) -> str:
-    """``"A"``, ``"A and B"``, ``"A, B and C"``; ``"none"`` for an empty list."""
-    names = [str(n) for n in names]
-    if not names:
-        return "none"
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
 def format_value(value: float, digits: int = 1, signed: bool = False) -> str:
     """``value`` with ``digits`` decimals, more (up to 3 more) when a nonzero value would print
     as zero, and ``"< 0.001"``-style text (``"> -0.001"`` when negative) beyond that. Never
@@ -842,13 +827,8 @@ def smooth_sharp_text(summary: Dict, names: Optional[Dict[str, str]] = None, bas
 
 def describe(result: Dict, scale: float = 100.0, digits: int = 1, unit: str = "points") -> str:
     """A paired result (:func:`sapa.lab.stats.paired_differences`) as text, e.g.
-    ``"+5.8 points (95 % CI +4.9 to +6.7, Holm p = 0.004)"``; digits grow so that a nonzero
-    value never prints as 0.0 (:func:`format_value`)."""
-    p = result.get("p_holm", result["p"])
-    ptxt = f"= {p:.3f}" if p >= 0.001 else "< 0.001"
-    lvl = f"{100 * (1 - result.get('alpha', 0.05)):.0f} %"
-    f = lambda v: format_value(scale * v, digits, signed=True)  # noqa: E731
-    return f"{f(result['mean'])} {unit} ({lvl} CI {f(result['ci_low'])} to {f(result['ci_high'])}, Holm p {ptxt})"
+    ``"+5.8 points (95 % CI +4.9 to +6.7, Holm p = 0.004)"`` (:func:`sapa.lab.stats.describe_difference`)."""
+    return describe_difference(result, scale=scale, digits=digits, unit=unit, show_n=False)
 
 
 def high_noise_verdict(rows: Sequence[Dict], upsamplers: Sequence[str], sigma: float, baseline: str = "bilinear",

@@ -37,7 +37,7 @@ import statistics
 from typing import Dict, Iterable, List, Optional, Sequence
 
 __all__ = ["t_cdf", "t_ppf", "paired_t", "holm", "paired_differences", "complete_seeds", "verdict",
-           "describe_difference", "too_close_to_call"]
+           "describe_difference", "too_close_to_call", "plural", "join_names", "decimals", "signed"]
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -253,26 +253,69 @@ def verdict(result: Dict, alpha: float = 0.05) -> str:
     return "unresolved"
 
 
-def describe_difference(result: Dict, scale: float = 100.0, digits: int = 1, unit: str = "points") -> str:
+def plural(n: int, word: str, plural_form: Optional[str] = None) -> str:
+    """``"1 seed"``, ``"3 seeds"``: the count and the word, pluralised by the count
+    (``plural_form``: the plural when it is not ``word + "s"``)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {n!r}")
+    return f"{n} {word if n == 1 else (plural_form or word + 's')}"
+
+
+def join_names(names: Sequence[str], empty: str = "none") -> str:
+    """``"A"``, ``"A and B"``, ``"A, B and C"``; ``empty`` for an empty list."""
+    names = [str(n) for n in names]
+    if not names:
+        return empty
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def decimals(value: float, digits: int = 1, most: int = 6) -> int:
+    """The decimals that show ``value``: ``digits``, more (up to ``most``) when a nonzero value
+    would print as 0."""
+    d = digits
+    while value != 0 and not math.isnan(value) and round(abs(value), d) == 0 and d < most:
+        d += 1
+    return d
+
+
+def signed(value: float, digits: int = 1, sign: bool = True, minus: str = "-") -> str:
+    """``value`` with ``digits`` decimals, more (up to 6) when a nonzero value would print as
+    0.0, scientific notation when even 6 decimals round it away; never ``-0.0``. ``sign``: a
+    ``+`` before positives; ``minus``: the minus sign (``"\u2212"`` for typeset text); NaN: n/a."""
+    v = float(value)
+    if math.isnan(v):
+        return "n/a"
+    if v == 0:
+        return f"{0:.{digits}f}"
+    d = decimals(v, digits)
+    text = (f"{v:+.{d}f}" if sign else f"{v:.{d}f}") if round(abs(v), d) != 0 else (
+        f"{v:+.0e}" if sign else f"{v:.0e}")
+    return text.replace("-", minus)
+
+
+def describe_difference(result: Dict, scale: float = 100.0, digits: int = 1, unit: str = "points",
+                        adjusted: bool = True, show_n: bool = True, minus: str = "-") -> str:
     """One :func:`paired_differences` result as plain text, e.g.
     ``"+1.2 points (95 % CI +0.4 to +2.0, Holm p = 0.012, n = 5)"``.
 
-    ``scale`` multiplies the mean and the interval (100: fractions to percentage points);
-    ``digits`` decimals, more (up to 3) when a nonzero mean would print as 0.0;
-    the interval's level is the one ``paired_differences`` was called with (shown as 95 %
-    for alpha = 0.05).
+    ``scale`` multiplies the mean and the interval (100: fractions to percentage points); the
+    three numbers share the mean's decimals (:func:`decimals`: a nonzero mean never prints as
+    +0.0); ``adjusted=False`` writes the unadjusted ``p`` (one planned comparison); ``show_n``
+    appends the number of pairs; ``minus`` as in :func:`signed`. The interval's level is the one
+    ``paired_differences`` was called with (95 % for alpha = 0.05).
     """
+    for k in ("mean", "ci_low", "ci_high"):
+        if k not in result:
+            raise ValueError(f"result lacks {k!r}: pass a sapa.lab.stats.paired_differences entry")
+    p = result.get("p_holm", result.get("p", math.nan)) if adjusted else result.get("p", math.nan)
+    ptxt = "< 0.001" if p < 0.001 else f"= {p:.3f}"
+    label = "Holm p" if adjusted else "p"
     level = result.get("alpha")
-    d, m = digits, scale * result["mean"]
-    while m != 0 and round(abs(m), d) == 0 and d < 3:  # a nonzero mean never prints as +0.0
-        d += 1
-    f = f"{{:+.{d}f}}"
-    p = result.get("p_holm", result["p"])
-    ptxt = f"{p:.3f}" if p >= 0.001 else "< 0.001"
-    ptxt = ("= " + ptxt) if not ptxt.startswith("<") else ptxt
     lvl = f"{100 * (1 - level):.0f} %" if level else "95 %"
-    return (f"{f.format(scale * result['mean'])} {unit} ({lvl} CI {f.format(scale * result['ci_low'])} to "
-            f"{f.format(scale * result['ci_high'])}, Holm p {ptxt}, n = {result['n']})")
+    d = decimals(scale * result["mean"], digits)
+    f = lambda v: signed(scale * v, d, minus=minus)  # noqa: E731
+    tail = f", n = {result['n']}" if show_n and "n" in result else ""
+    return f"{f(result['mean'])} {unit} ({lvl} CI {f(result['ci_low'])} to {f(result['ci_high'])}, {label} {ptxt}{tail})"
 
 
 def too_close_to_call(rows: Iterable[Dict], metric: str, settings: Sequence[str], key: str = "setting",
