@@ -227,6 +227,7 @@ def test_first_build_says_so_once(monkeypatch, capsys):
         err = capsys.readouterr().err
         assert err.count("building the C++ CPU kernel") == expected, err
         assert expected == 0 or "python -m sapa.build" in err
+        assert all(len(line) <= 76 for line in err.splitlines()), err  # fits a notebook's output box
     assert len(calls) == 2
 
 

@@ -137,8 +137,8 @@ def load_extension(announce: bool = True):
             from torch.utils import cpp_extension
 
             if announce and not _is_built():
-                print("sapa: building the C++ CPU kernel (first use only, about a minute; "
-                      "`python -m sapa.build` does it ahead of time) ...", file=sys.stderr, flush=True)
+                print("sapa: building the C++ CPU kernel (first use only, about a minute;\n"
+                      "      `python -m sapa.build` does it ahead of time) ...", file=sys.stderr, flush=True)
             _ext = cpp_extension.load(name=_module_name(), sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
                                       verbose=False)
         except Exception as exc:  # no compiler, no ninja, compile error: fall back
