@@ -34,7 +34,7 @@ def _project(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         out = torch.bmm(w, xt)
     else:
         out = torch.baddbmm(linear.bias.view(1, -1, 1), w, xt)
-    return out.view(B, -1, H, W)
+    return out.view(B, linear.out_features, H, W)  # explicit: -1 is ambiguous for B = 0
 
 
 def _autocast(x: torch.Tensor) -> bool:

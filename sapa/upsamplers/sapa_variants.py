@@ -354,7 +354,7 @@ class SAPADynamic(Upsampler):
         size = torch.tensor([W, H], dtype=pts.dtype, device=pts.device)
         grid = (2 * pts + 1) / size - 1  # align_corners=False, as deform_sample
         S = F.grid_sample(m, grid.reshape(B, G * P * Hq, Wq, 2), mode="bilinear", padding_mode="zeros",
-                          align_corners=False).view(B, -1, G, P, Hq, Wq)  # (B, M, G, P, H', W')
+                          align_corners=False).view(B, m.shape[1], G, P, Hq, Wq)  # (B, M, G, P, H', W')
         a = self.folded_query(y_)  # (B, G, nk, H', W')
         logits = (S[:, :nk] * a.transpose(1, 2).unsqueeze(3)).sum(1)  # (B, G, P, H', W')
         w = torch.softmax(logits, dim=2)
@@ -378,7 +378,7 @@ class SAPADynamic(Upsampler):
         nk = m.shape[1]
         # folded query per (low-res pixel, child, group): (B, L, T G, nk)
         wf, bf = self._folded_weights()
-        y_pm = y_.reshape(B, -1, H, sh, W, sw).permute(0, 2, 4, 3, 5, 1)  # (B, H, W, sh, sw, C_y)
+        y_pm = y_.reshape(B, y_.shape[1], H, sh, W, sw).permute(0, 2, 4, 3, 5, 1)  # (B, H, W, sh, sw, C_y)
         a = F.linear(y_pm, wf, bf).view(B, L, T * G, nk)
         U = F.unfold(m, K, padding=R).view(B, nk, K * K, L).permute(0, 3, 1, 2)  # (B, L, nk, K*K)
         corr = torch.matmul(a, U)  # (B, L, T G, K*K): the window similarities
