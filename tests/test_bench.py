@@ -64,6 +64,7 @@ def test_run_interleaves_and_adds_the_baseline(one_thread):
     assert torch.get_num_threads() == 1  # restored
 
 
+@pytest.mark.slow  # a memory subprocess per case (~20 s): `make test-fast` skips it
 def test_cli_json_and_table():
     proc = _cli("--sizes", "4", "--channels", "8", "--dim", "4", "--json", "--methods", "torch", "--repeats", "2")
     assert proc.returncode == 0, proc.stderr

@@ -121,6 +121,7 @@ print(json.dumps(rows))
 """
 
 
+@pytest.mark.slow  # the Triton interpreter (~1 min): `make test-fast` skips it
 def test_run_checks_triton_in_the_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", TRITON_DEFAULT_FP_FUSION="1", PYTHONPATH=ROOT)

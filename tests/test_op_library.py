@@ -343,6 +343,7 @@ def test_onnx_graph_is_the_shifted_decomposition_any_batch(normalization, paddin
         torch.testing.assert_close(torch.from_numpy(out), ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # the dynamo ONNX exporter (~10 s): `make test-fast` skips it
 def test_onnx_dynamo_exporter_dynamic_batch():
     ort = pytest.importorskip("onnxruntime")
     model = _export_op("softmax", "ignore", dynamo=True)

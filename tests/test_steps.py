@@ -29,6 +29,7 @@ def test_model_steps_tiny_task():
         steps.model_steps(["bilinear"], repeats=1, task={"epochs": 3})
 
 
+@pytest.mark.slow  # a fresh process building models (~7 s): `make test-fast` skips it
 def test_cli_steps_json():
     proc = _cli("--upsamplers", "bilinear", "carafe", "--repeats", "1", "--step-size", "16",
                 "--step-batch", "1", "--step-width", "2", "--step-decoder-width", "4", "--json")
