@@ -1,7 +1,8 @@
 """Benchmark the SAPA backends: ``python -m sapa.bench [--sizes 16 32 64] [--threads 1 2] [--json]``.
 
 Training steps of the book's model per upsampler are timed by the book's lab:
-``python -m sapa.lab.steps``.
+``python -m sapa.lab.steps``. ``--onnx``: the exported operator in ONNX Runtime against eager
+(export time, node count, time and memory ratios; :mod:`sapa.bench_onnx`).
 
 Default sizes are those of a SegFormer-B1 head: B=2, C=256, d=32, K=5, x2 from 16x16, 32x32
 and 64x64. For every size, pass (forward; forward+backward) and thread count it times each
@@ -447,10 +448,19 @@ def main(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.add_argument("--no-floor", action="store_true", help="skip the CPU floor (matmul FLOP/s, copy bandwidth)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.add_argument("--onnx", action="store_true",
+                   help="export the operator (TorchScript and dynamo exporters) and time it in ONNX Runtime "
+                        "against eager at the largest --sizes (needs onnx, onnxruntime, onnxscript)")
     p.add_argument("--_peak", help=argparse.SUPPRESS)
+    p.add_argument("--_onnx_peak", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._peak:
         print(json.dumps(_peak_case(**json.loads(a._peak))))
+        return
+    if a._onnx_peak:
+        from .bench_onnx import _peak_case as onnx_peak_case
+
+        print(json.dumps(onnx_peak_case(**json.loads(a._onnx_peak))))
         return
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -462,8 +472,24 @@ def main(argv=None):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__})")
         methods = check_methods(a.methods or default_methods(device), device)
+        if a.onnx:
+            if device != "cpu":
+                raise ValueError(f"--onnx measures ONNX Runtime's CPU provider: use --device cpu, not {device}")
+            from .bench_onnx import format_onnx_table, run_onnx
+
+            results = run_onnx(a.batch, a.channels, a.dim, max(a.sizes), a.scale, a.kernel_size, a.threads,
+                               a.repeats, measure_memory=not a.no_memory, progress=not a.json)
     except ValueError as exc:
         sys.exit(f"sapa.bench: error: {exc}")
+    if a.onnx:
+        if a.json:
+            print(json.dumps(results, indent=1))
+        else:
+            print(f"# sapa.bench --onnx: B={a.batch} C={a.channels} d={a.dim} K={a.kernel_size} "
+                  f"{max(a.sizes)}->{max(a.sizes) * a.scale}, torch {torch.__version__}, {a.repeats} interleaved "
+                  f"rounds; times in ms (median, min-max); memory: resident peak of one call")
+            print(format_onnx_table(results))
+        return
     results = run(methods, a.sizes, a.batch, a.channels, a.dim, a.kernel_size, a.scale, a.dtype, device,
                   progress=not a.json, threads=a.threads, repeats=a.repeats, measure_memory=not a.no_memory,
                   floor=not a.no_floor)

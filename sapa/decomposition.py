@@ -1,26 +1,33 @@
-"""The operator as K*K shifted slices: standard differentiable ops, no (K*K x C) tensor.
+"""The operator as standard differentiable ops: no opaque kernel, no (K*K x C) tensor.
 
-``shifted_upsample(query, key, value, kernel_size, normalization, padding)`` computes exactly
-:func:`sapa.sapa_upsample` (same semantics, same dtype rules) with plain PyTorch ops:
+Two formulations of :func:`sapa.sapa_upsample` (same semantics, same dtype rules: half
+precision computed in float32), each for the place where the fused kernels cannot go:
+
+``shifted_upsample`` -- derivatives beyond the first order (double backward, e.g. a gradient
+penalty, and forward mode: ``torch.func.jvp``, ``jacfwd``, ``hessian``; see
+:mod:`sapa.library`), which autograd takes through it:
 
 * key and value are zero-padded by R = K // 2 once;
 * for each window position p = (dy, dx) the logit is a channel sum of the query times the
-  key shifted by (dy, dx) and nearest-upsampled to the query's size, (B, H', W');
-* the K*K logits, (B, K*K, H', W'), are normalised (softmax, relu, ...) in one go;
-* the output is a running sum over p of weight p times the shifted value (B, C, H', W').
+  key shifted by (dy, dx), (B, H', W'); the K*K logits are normalised in one go;
+* the output is a running sum over p of weight p times the shifted value, channel chunk by
+  channel chunk (:data:`CHUNK_FLOATS`), so each sum stays in a core's cache.
 
-For integer scales (H' = s H, W' = t W) the nearest upsampling is a broadcast over a
-(B, c, H, s, W, t) view, so no shifted map is ever upsampled in memory; other sizes gather
-the shifted rows and columns. Peak memory: inputs, output, the (B, K*K, H', W') weights and one
-product of output size; the (B, C, K*K, H', W') tensor of the reference backend never exists.
+``export_upsample`` -- the ONNX exporters (``torch.onnx.export``, TorchScript and dynamo):
+for integer scales s = H'/H, t = W'/W a graph whose size depends on K alone, whatever C, H
+and W (K = 5: about 100 nodes from the dynamo exporter, about 330 from TorchScript, half of
+them constants):
 
-Used where an opaque fused kernel cannot go:
+* pixel-major layout: the query as (B, H, s, W, d, t) (its t phases per low-res pixel), key
+  and value as padded (B, Hp, Wp, c) maps;
+* for each window row dy, one ``Gather`` of the K column shifts, (B, H, W, K, c), and one
+  batched ``MatMul`` per pixel: logits (K x d) @ (d x t), values (t x K) @ (K x C);
+* one transpose of the (B, H, s, W, t, C) sum to (B, C, H', W').
 
-* the ONNX exporters (``torch.onnx.export``): the graph is K*K Slice/Mul/ReduceSum/Add steps,
-  runs in onnxruntime at a few times the fused CPU kernel's time, any batch size (also 0);
-* derivatives of the fused backends beyond the first order (double backward, e.g. a gradient
-  penalty, and forward mode: ``torch.func.jvp``, ``jacfwd``, ``hessian``; see
-  :mod:`sapa.library`), which differentiate this formulation.
+Sizes enter only through ``Shape``/``Range`` nodes (every reshape names its sizes: ONNX
+Runtime cannot resolve a -1 in an empty batch), so the exported graph takes any batch
+(also 0) and any spatial size with the exported integer ratios. Non-integer ratios fall back
+to ``shifted_upsample``'s gathered form (sizes fixed at export).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import torch.nn.functional as F
 from .normalize import compute_dtype, normalize_logits
 from .windows import window_centres
 
-__all__ = ["shifted_upsample"]
+__all__ = ["shifted_upsample", "export_upsample"]
 
 
 def shifted_upsample(query, key, value, kernel_size: int, normalization: str, padding: str) -> torch.Tensor:
@@ -126,3 +133,53 @@ def _gathered(q, kp, vp, K, normalization, padding):
         term = w[:, p] * shifted(vp, dy, dx)
         out = term if out is None else out + term
     return out
+
+
+def export_upsample(query, key, value, kernel_size: int, normalization: str, padding: str) -> torch.Tensor:
+    """query (B, d, H', W'), key (B, d, H, W), value (B, C, H, W) -> (B, C, H', W'), for export.
+
+    Arguments as :func:`sapa.sapa_upsample` (already validated by it). For integer scales the
+    graph's node count depends on K only (see the module docstring); other sizes use
+    :func:`shifted_upsample`. Differentiable by autograd, but slower there than
+    ``shifted_upsample`` (the backward of a gather is a scatter).
+    """
+    B, d, Hq, Wq = query.shape
+    H, W = key.shape[2], key.shape[3]
+    if H == 0 or W == 0 or Hq % H or Wq % W:
+        return shifted_upsample(query, key, value, kernel_size, normalization, padding)
+    out_dtype = query.dtype
+    ct = compute_dtype(out_dtype)
+    q, k, v = (t if t.dtype == ct else t.to(ct) for t in (query, key, value))
+    s, t = int(Hq // H), int(Wq // W)
+    K, R = kernel_size, kernel_size // 2
+    C = v.shape[1]
+    # every reshape names its sizes (read off the inputs' shapes: Shape nodes in ONNX), never -1,
+    # which ONNX Runtime cannot resolve for an empty batch
+    cols = (torch.arange(W, device=q.device)[:, None] + torch.arange(K, device=q.device)).flatten()  # (W*K,)
+
+    def band(x, dy, shape):  # padded (B', Hp, Wp, c) -> (B', H, W, K, c): window row dy of every pixel
+        end = dy - (K - 1)
+        # index_select: one Gather for both exporters (tensor indexing becomes GatherND between
+        # two transposes in the dynamo exporter's graph, 2x slower in ONNX Runtime)
+        return x[:, dy : end if end else None].index_select(2, cols).reshape(shape)
+
+    def pixel_major(x):  # (B, c, H, W) -> zero-padded (B, Hp, Wp, c)
+        return F.pad(x, (R, R, R, R)).permute(0, 2, 3, 1)
+
+    kf, vf = pixel_major(k), pixel_major(v)
+    # query (B, d, H', W') -> (B, H, s, W, d, t): the t column phases of each (row phase, pixel)
+    qt = q.permute(0, 2, 3, 1).reshape(B, H, s, W, t, d).transpose(-1, -2)
+    # logits (B, H, s, W, K*K, t): per dy, (K x d) @ (d x t) at every pixel (s broadcast)
+    kshape, vshape = (B, H, W, K, d), (B, H, W, K, C)  # sizes read once: fewer Shape nodes
+    logits = torch.cat([band(kf, dy, kshape).unsqueeze(2) @ qt for dy in range(K)], -2)
+    valid = None
+    if padding == "ignore":  # (1, H, 1, W, K*K, 1): window positions inside the map
+        ones = pixel_major(k.new_ones((1, 1, H, W)))
+        valid = torch.cat([band(ones, dy, (1, H, W, K, 1))[..., 0] for dy in range(K)], -1)[:, :, None, :, :, None] > 0
+    w = normalize_logits(logits, valid, normalization, dim=-2).transpose(-1, -2)  # (B, H, s, W, t, K*K)
+    out = None
+    for dy in range(K):  # (t x K) @ (K x C) at every pixel: (B, H, s, W, t, C)
+        term = w[..., dy * K : (dy + 1) * K] @ band(vf, dy, vshape).unsqueeze(2)
+        out = term if out is None else out + term
+    out = out.permute(0, 5, 1, 2, 3, 4).reshape(B, C, Hq, Wq)  # (B, C, H, s, W, t) -> (B, C, H', W')
+    return out if out.dtype == out_dtype else out.to(out_dtype)

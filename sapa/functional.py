@@ -27,7 +27,7 @@ from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, 
 from . import library as _library  # noqa: F401  (registers the sapa:: ops)
 from .backends import get_backend, has_backward, resolve_backend_name
 from .backends.reference import reference_weights
-from .decomposition import shifted_upsample
+from .decomposition import export_upsample
 from .normalize import compute_dtype
 
 __all__ = ["sapa_upsample", "sapa_kernels"]
@@ -83,10 +83,12 @@ def sapa_upsample(
     so ``torch.compile`` (``fullgraph=True``, ``dynamic=True``), ``torch.export``,
     ``torch.jit.trace``, meta and fake tensors and ``torch.func`` transforms see one opaque op
     with a shape function; plain eager calls run the same backend functions without the op's
-    Python dispatch. The ONNX exporters get :func:`sapa.decomposition.shifted_upsample`
-    (standard ops, no K*K x C tensor) instead. Every backend is differentiable to any order:
-    derivatives beyond the first (``create_graph=True``, ``torch.func.jvp``/``jacfwd``/
-    ``hessian``) differentiate that formulation (see :mod:`sapa.library`).
+    Python dispatch. The ONNX exporters get :func:`sapa.decomposition.export_upsample`
+    (standard ops, no K*K x C tensor; for integer scales a few hundred nodes whatever C, H
+    and W, with dynamic batch and spatial sizes) instead. Every backend is differentiable to
+    any order: derivatives beyond the first (``create_graph=True``, ``torch.func.jvp``/
+    ``jacfwd``/``hessian``) differentiate :func:`sapa.decomposition.shifted_upsample`
+    (see :mod:`sapa.library`).
 
     The window centre of output pixel (i, j) is (floor(i*H/H'), floor(j*W/W')), so any
     H' >= H, W' >= W works (e.g. a skip connection of size 2H+1).
@@ -98,8 +100,8 @@ def sapa_upsample(
     name = resolve_backend_name(backend, query.device.type, query.dtype)
     plain = not torch.compiler.is_compiling() and _plain_eager(query, key, value)
     if not plain and _in_onnx_export():  # the exporters trace: never plain eager
-        # the exporters get standard ops (K*K shifted slices, no K*K x C tensor), not the opaque op
-        out = shifted_upsample(query, key, value, kernel_size, normalization, padding)
+        # the exporters get standard ops (per-pixel MatMuls of K gathered shifts), not the opaque op
+        out = export_upsample(query, key, value, kernel_size, normalization, padding)
     elif has_backward(name):
         args = (query, key, value, kernel_size, normalization, padding, name)
         if plain:

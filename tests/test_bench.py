@@ -168,3 +168,34 @@ def test_run_measures_the_floor_on_the_cpu(one_thread):
         assert by[m]["x_floor"] == pytest.approx(by[m]["seconds"] / by[m]["floor_seconds"])
         assert by[m]["floor_seconds"] == pytest.approx(bench.floor_seconds(by[m], by[m]["floor"]))
     assert "x floor" in bench.format_table(res)
+
+
+def test_onnx_bench_reports_export_time_and_ratios():
+    """run_onnx (TorchScript exporter, tiny shape): the graph's output equals eager's, and every
+    promised number is there (the memory ones from their subprocesses)."""
+    pytest.importorskip("onnxruntime")
+    from sapa import bench_onnx
+
+    res = bench_onnx.run_onnx(B=1, C=8, d=4, H=6, scale=2, K=3, repeats=2, exporters=("torchscript",), progress=False)
+    (r,) = res
+    assert r["exporter"] == "torchscript" and r["threads"] == 1 and 0 < r["nodes"] < 400
+    assert r["max_abs_err"] < 1e-4 and r["export_s"] > 0
+    assert r["time_ratio"] == pytest.approx(r["ort"]["median"] / r["eager"]["median"])
+    assert r["ort_peak"] > 0 and r["eager_peak"] >= 0 and r["memory_ratio"] > 0
+    table = bench_onnx.format_onnx_table(res)
+    assert table.count("\n") == 1 and "ORT/eager" in table
+
+
+@pytest.mark.slow  # the dynamo exporter (~20 s): `make test-fast` skips it
+def test_onnx_cli_json():
+    pytest.importorskip("onnxscript")
+    proc = _cli("--onnx", "--sizes", "4", "--channels", "8", "--dim", "4", "--repeats", "1", "--no-memory", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["exporter"] for r in json.loads(proc.stdout)] == ["torchscript", "dynamo"]
+
+
+def test_onnx_cli_on_cuda_is_one_line():
+    proc = _cli("--onnx", "--sizes", "4", "--device", "cuda")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sapa.bench: error:"), proc.stderr

@@ -291,23 +291,26 @@ def test_eager_path_equals_the_op_and_double_backward():
                                    torch.autograd.grad(gq_ref.square().sum(), k))
 
 
-def _export_op(normalization, padding, dynamo, K=3):
+def _export_op(normalization, padding, dynamo, K=3, C=12, H=5, W=6, s=2, t=2, dynamic=True):
+    """The bare op exported at batch 2; ``dynamic``: batch and spatial sizes are graph inputs."""
     onnx = pytest.importorskip("onnx")
 
     class Op(torch.nn.Module):
         def forward(self, q, k, v):
             return sapa.sapa_upsample(q, k, v, K, normalization, padding)
 
-    q, k, v = _qkv(B=2, d=4, C=12, H=5, W=6, Hq=10, Wq=12)
+    q, k, v = _qkv(B=2, d=4, C=C, H=H, W=W, Hq=H * s, Wq=W * t)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
             pytest.importorskip("onnxscript")
-            b = torch.export.Dim("B")
-            return torch.onnx.export(Op(), (q, k, v), dynamo=True, dynamic_shapes=({0: b},) * 3).model_proto
+            b, h, w = torch.export.Dim("B"), torch.export.Dim("H", min=2), torch.export.Dim("W", min=2)
+            shapes = ({0: b, 2: s * h, 3: t * w}, {0: b, 2: h, 3: w}, {0: b, 2: h, 3: w}) if dynamic else None
+            return torch.onnx.export(Op(), (q, k, v), dynamo=True, dynamic_shapes=shapes).model_proto
         f = io.BytesIO()
+        axes = {"q": {0: "B", 2: "Hq", 3: "Wq"}, "k": {0: "B", 2: "H", 3: "W"}, "v": {0: "B", 2: "H", 3: "W"}}
         torch.onnx.export(Op(), (q, k, v), f, dynamo=False, opset_version=17, input_names=["q", "k", "v"],
-                          dynamic_axes={n: {0: "B"} for n in ("q", "k", "v")})
+                          dynamic_axes=axes if dynamic else None)
         return onnx.load_from_string(f.getvalue())
 
 
@@ -327,34 +330,54 @@ def _largest_per_item(model):
     return best
 
 
-@pytest.mark.parametrize("padding", ["zeros", "ignore"])
-@pytest.mark.parametrize("normalization", ["softmax", "relu", "sigmoid", "softplus", "none"])
-def test_onnx_graph_is_the_shifted_decomposition_any_batch(normalization, padding):
+def _check_onnx_runs(model, normalization, padding, K=3, C=12, s=2, t=2, sizes=((5, 6), (8, 3), (2, 2))):
+    """The exported graph at batch 3 and 0 and at other map sizes equals the eager operator."""
     ort = pytest.importorskip("onnxruntime")
-    model = _export_op(normalization, padding, dynamo=False)
-    # no tensor holds the K*K gathered values: nothing larger per item than the output (C x H' x W')
-    assert 0 < _largest_per_item(model) <= 12 * 10 * 12
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for B in (3, 0):  # exported with B = 2: a dynamic batch, also empty
-        q, k, v = _qkv(B=B, d=4, C=12, H=5, W=6, Hq=10, Wq=12, seed=B)
-        out = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
-        ref = sapa.sapa_upsample(q, k, v, 3, normalization, padding)
-        assert out.shape == tuple(ref.shape)
-        torch.testing.assert_close(torch.from_numpy(out), ref, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.slow  # the dynamo ONNX exporter (~10 s): `make test-fast` skips it
-def test_onnx_dynamo_exporter_dynamic_batch():
-    ort = pytest.importorskip("onnxruntime")
-    model = _export_op("softmax", "ignore", dynamo=True)
-    assert 0 < _largest_per_item(model) <= 12 * 10 * 12
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
+    assert len(names) == 3, names  # q, k, v are real graph inputs (not folded into constants)
     for B in (3, 0):
-        q, k, v = _qkv(B=B, d=4, C=12, H=5, W=6, Hq=10, Wq=12, seed=B)
-        out = sess.run(None, dict(zip(names, (q.numpy(), k.numpy(), v.numpy()))))[0]
-        torch.testing.assert_close(torch.from_numpy(out), sapa.sapa_upsample(q, k, v, 3, "softmax", "ignore"),
-                                   atol=1e-4, rtol=1e-4)
+        for H, W in sizes:
+            q, k, v = _qkv(B=B, d=4, C=C, H=H, W=W, Hq=H * s, Wq=W * t, seed=B + H)
+            out = sess.run(None, dict(zip(names, (q.numpy(), k.numpy(), v.numpy()))))[0]
+            ref = sapa.sapa_upsample(q, k, v, K, normalization, padding)
+            assert out.shape == tuple(ref.shape), (B, H, W)
+            torch.testing.assert_close(torch.from_numpy(out), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "ignore"])
+@pytest.mark.parametrize("normalization", ["softmax", "relu", "sigmoid", "softplus", "none"])
+def test_onnx_graph_any_batch_and_map_size(normalization, padding):
+    """TorchScript exporter: one graph for every batch size (also 0) and map size (ratio 2)."""
+    _check_onnx_runs(_export_op(normalization, padding, dynamo=False), normalization, padding)
+
+
+def test_onnx_graph_size_does_not_depend_on_channels_or_map_size():
+    """The graph is per-pixel MatMuls of K gathered shifts: its node count depends on K alone,
+    and no tensor holds the K*K gathered values (nothing per item above the output's size)."""
+    nodes = {}
+    for C, H, W in ((12, 5, 6), (96, 23, 17)):
+        for dynamic in (False, True):
+            model = _export_op("softmax", "ignore", dynamo=False, C=C, H=H, W=W, dynamic=dynamic)
+            nodes[C, H, W, dynamic] = len(model.graph.node)
+            if not dynamic:
+                assert 0 < _largest_per_item(model) <= C * H * W * 4  # output: C x 2H x 2W
+    for dynamic in (False, True):  # dynamic sizes add Shape nodes, the same number at every size
+        assert nodes[12, 5, 6, dynamic] == nodes[96, 23, 17, dynamic], nodes
+    assert max(nodes.values()) < 400, nodes  # TorchScript: ~330 (half of them Constant), dynamo: ~100
+
+
+def test_onnx_graph_unequal_ratios():
+    """s != t (2 x 3): the phases still come out of one transpose."""
+    model = _export_op("softmax", "zeros", dynamo=False, K=5, C=5, s=2, t=3)
+    _check_onnx_runs(model, "softmax", "zeros", K=5, C=5, s=2, t=3, sizes=((5, 6), (3, 9)))
+
+
+@pytest.mark.slow  # the dynamo ONNX exporter (~10-20 s): `make test-fast` skips it
+def test_onnx_dynamo_exporter_dynamic_batch_and_map_size():
+    model = _export_op("softmax", "ignore", dynamo=True)
+    assert len(model.graph.node) < 300
+    _check_onnx_runs(model, "softmax", "ignore")
 
 
 def test_onnx_non_integer_scale():
