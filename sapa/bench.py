@@ -452,15 +452,9 @@ def main(argv=None):
                    help="export the operator (TorchScript and dynamo exporters) and time it in ONNX Runtime "
                         "against eager at the largest --sizes (needs onnx, onnxruntime, onnxscript)")
     p.add_argument("--_peak", help=argparse.SUPPRESS)
-    p.add_argument("--_onnx_peak", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._peak:
         print(json.dumps(_peak_case(**json.loads(a._peak))))
-        return
-    if a._onnx_peak:
-        from .bench_onnx import _peak_case as onnx_peak_case
-
-        print(json.dumps(onnx_peak_case(**json.loads(a._onnx_peak))))
         return
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -487,7 +481,8 @@ def main(argv=None):
         else:
             print(f"# sapa.bench --onnx: B={a.batch} C={a.channels} d={a.dim} K={a.kernel_size} "
                   f"{max(a.sizes)}->{max(a.sizes) * a.scale}, torch {torch.__version__}, {a.repeats} interleaved "
-                  f"rounds; times in ms (median, min-max); memory: resident peak of one call")
+                  f"rounds; times in ms (median, min-max); memory: the graph's live tensors at their peak "
+                  f"against eager's allocator peak")
             print(format_onnx_table(results))
         return
     results = run(methods, a.sizes, a.batch, a.channels, a.dim, a.kernel_size, a.scale, a.dtype, device,

@@ -8,9 +8,13 @@ a dynamic batch and dynamic spatial sizes (the graph a deployment ships), and re
 * ``ort_ms`` and ``eager_ms``: ONNX Runtime's CPU provider against :func:`sapa.sapa_upsample`
   (the default backend, no grad) on the same inputs and thread count, interleaved rounds,
   median (min, max); ``time_ratio`` = ORT median / eager median;
-* ``ort_peak``/``eager_peak``: resident-memory peak of one call above the resident set before
-  it, each in a fresh subprocess (ONNX Runtime without its memory arena, so that freed
-  buffers leave the process as PyTorch's do); ``memory_ratio`` = ORT / eager.
+* ``graph_peak``: the most bytes the graph's intermediate tensors and output hold at once
+  (ONNX shape inference on an export with the bench shape fixed, each tensor freed after its
+  last reader, in the graph's node order: what any runtime must hold at least); against
+  ``eager_peak``, the peak of torch's CPU allocator during one eager call (profiler memory
+  events, as ``python -m sapa.bench``); ``memory_ratio`` = graph / eager. (The resident-set
+  growth of a process is no measure here: ONNX Runtime and the C library keep freed buffers
+  for the next call, so the second call's growth is near zero.)
 
 Needs ``onnx``, ``onnxruntime`` and, for the dynamo exporter, ``onnxscript``
 (``pip install onnx onnxruntime onnxscript``).
@@ -18,13 +22,8 @@ Needs ``onnx``, ``onnxruntime`` and, for the dynamo exporter, ``onnxscript``
 from __future__ import annotations
 
 import io
-import json
-import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from typing import Dict, List, Sequence
@@ -33,7 +32,7 @@ import torch
 
 from .functional import sapa_upsample
 
-__all__ = ["EXPORTERS", "export_op", "run_onnx", "format_onnx_table"]
+__all__ = ["EXPORTERS", "export_op", "graph_peak_bytes", "run_onnx", "format_onnx_table"]
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -53,9 +52,11 @@ def _inputs(B, C, d, H, scale):
             torch.randn(B, C, H, H, generator=g))
 
 
-def export_op(exporter: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int) -> bytes:
-    """The serialized ONNX model of ``sapa_upsample(q, k, v, kernel_size)`` with dynamic batch
-    and spatial sizes (q: (B, d, sH, sW), k: (B, d, H, W), v: (B, C, H, W)); inputs q, k, v."""
+def export_op(exporter: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int,
+              dynamic: bool = True) -> bytes:
+    """The serialized ONNX model of ``sapa_upsample(q, k, v, kernel_size)`` (q: (B, d, sH, sW),
+    k: (B, d, H, W), v: (B, C, H, W)); inputs q, k, v; ``dynamic``: batch and spatial sizes
+    are graph inputs (else fixed at those of q, k, v)."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     scale = q.shape[2] // k.shape[2]
@@ -63,14 +64,14 @@ def export_op(exporter: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             b, h, w = torch.export.Dim("B"), torch.export.Dim("H", min=2), torch.export.Dim("W", min=2)
-            shapes = ({0: b, 2: scale * h, 3: scale * w}, {0: b, 2: h, 3: w}, {0: b, 2: h, 3: w})
+            shapes = ({0: b, 2: scale * h, 3: scale * w}, {0: b, 2: h, 3: w}, {0: b, 2: h, 3: w}) if dynamic else None
             prog = torch.onnx.export(_Op(kernel_size), (q, k, v), dynamo=True, dynamic_shapes=shapes,
                                      input_names=["q", "k", "v"], verbose=False)
             return prog.model_proto.SerializeToString()
         f = io.BytesIO()
         axes = {"q": {0: "B", 2: "Hq", 3: "Wq"}, "k": {0: "B", 2: "H", 3: "W"}, "v": {0: "B", 2: "H", 3: "W"}}
         torch.onnx.export(_Op(kernel_size), (q, k, v), f, dynamo=False, opset_version=17,
-                          input_names=["q", "k", "v"], dynamic_axes=axes)
+                          input_names=["q", "k", "v"], dynamic_axes=axes if dynamic else None)
         return f.getvalue()
 
 
@@ -89,41 +90,48 @@ def _feed(sess, q, k, v):
     return dict(zip([i.name for i in sess.get_inputs()], (q.numpy(), k.numpy(), v.numpy())))
 
 
-def _rss() -> Dict[str, int]:
-    """Resident set and its high-water mark (bytes) of this process (Linux /proc)."""
-    text = open("/proc/self/status").read()
-    return {key: int(re.search(key + r":\s+(\d+)", text).group(1)) * 1024 for key in ("VmRSS", "VmHWM")}
+def graph_peak_bytes(model: bytes) -> int:
+    """Most bytes held at once by a graph's intermediate tensors and outputs (graph inputs and
+    initializers excluded), each tensor freed after its last reader, in node order. Needs static
+    shapes (an export without dynamic axes); tensors of unknown size count 0."""
+    import onnx
+
+    m = onnx.shape_inference.infer_shapes(onnx.load_from_string(model))
+    size = {}
+    for vi in list(m.graph.value_info) + list(m.graph.output):
+        t = vi.type.tensor_type
+        dims = [d.dim_value for d in t.shape.dim]
+        if all(dims):
+            n = 1
+            for x in dims:
+                n *= x
+            size[vi.name] = n * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    outputs = {o.name for o in m.graph.output}
+    last = {}
+    for i, node in enumerate(m.graph.node):
+        for x in node.input:
+            last[x] = i
+    live: Dict[str, int] = {}
+    peak = 0
+    for i, node in enumerate(m.graph.node):
+        for y in node.output:
+            live[y] = size.get(y, 0)
+        peak = max(peak, sum(live.values()))
+        for x in node.input:
+            if last.get(x) == i and x in live and x not in outputs:
+                del live[x]
+    return peak
 
 
-def _peak_case(kind: str, model_path: str, B, C, d, H, scale, K, threads) -> int:
-    """Resident peak of one call above the resident set before it (after a warm-up call)."""
-    torch.set_num_threads(threads)
-    q, k, v = _inputs(B, C, d, H, scale)
-    if kind == "ort":
-        with open(model_path, "rb") as f:
-            sess = _session(f.read(), threads, arena=False)
-        feed = _feed(sess, q, k, v)
+def _eager_peak(q, k, v, K) -> int:
+    from .bench import _allocator_peak
 
-        def call():
-            sess.run(None, feed)
-    else:
-        def call():
-            with torch.no_grad():
-                sapa_upsample(q, k, v, K)
+    def call():
+        with torch.no_grad():
+            sapa_upsample(q, k, v, K)
+
     call()
-    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark to the current set
-        f.write("5")
-    before = _rss()["VmRSS"]
-    call()
-    return _rss()["VmHWM"] - before
-
-
-def _peak_in_subprocess(**case) -> int:
-    cmd = [sys.executable, "-m", "sapa.bench", "--_onnx_peak", json.dumps(case)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ONNX memory case {case['kind']} failed:\n{proc.stderr[-2000:]}")
-    return int(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return _allocator_peak(call)
 
 
 def _summary(xs: List[float]) -> Dict[str, float]:
@@ -134,13 +142,19 @@ def run_onnx(B=2, C=256, d=32, H=64, scale=2, K=5, threads: Sequence[int] = (1,)
              exporters: Sequence[str] = EXPORTERS, measure_memory=True, progress=True) -> List[Dict]:
     """One result per (exporter, thread count): export time, nodes, ORT vs eager time and memory."""
     try:
-        import onnx  # noqa: F401
+        import onnx
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise ValueError(f"--onnx needs onnx and onnxruntime ({exc}); pip install onnx onnxruntime onnxscript")
     q, k, v = _inputs(B, C, d, H, scale)
     with torch.no_grad():
         eager_out = sapa_upsample(q, k, v, K)
+    memory = {}
+    if measure_memory:  # the same formulation whichever exporter: one static TorchScript export
+        torch.set_num_threads(threads[0])
+        memory["graph_peak"] = graph_peak_bytes(export_op("torchscript", q, k, v, K, dynamic=False))
+        memory["eager_peak"] = _eager_peak(q, k, v, K)
+        memory["memory_ratio"] = memory["graph_peak"] / max(memory["eager_peak"], 1)
     results = []
     for exporter in exporters:
         if progress:
@@ -148,47 +162,32 @@ def run_onnx(B=2, C=256, d=32, H=64, scale=2, K=5, threads: Sequence[int] = (1,)
         t0 = time.perf_counter()
         model = export_op(exporter, q, k, v, K)
         export_s = time.perf_counter() - t0
-        import onnx
-
         nodes = len(onnx.load_from_string(model).graph.node)
-        path = None
-        if measure_memory:
-            fd, path = tempfile.mkstemp(suffix=".onnx")
-            with os.fdopen(fd, "wb") as f:
-                f.write(model)
-        try:
-            for n in threads:
-                torch.set_num_threads(n)
-                sess = _session(model, n)
-                feed = _feed(sess, q, k, v)
-                out = torch.from_numpy(sess.run(None, feed)[0])
-                err = (out - eager_out).abs().max().item()
-                ort_t, eager_t = [], []
-                for r in range(repeats):  # interleaved, the order alternating
-                    for which in (("ort", "eager") if r % 2 == 0 else ("eager", "ort")):
-                        t1 = time.perf_counter()
-                        if which == "ort":
-                            sess.run(None, feed)
-                            ort_t.append(time.perf_counter() - t1)
-                        else:
-                            with torch.no_grad():
-                                sapa_upsample(q, k, v, K)
-                            eager_t.append(time.perf_counter() - t1)
-                res = {"exporter": exporter, "threads": n, "export_s": export_s, "nodes": nodes,
-                       "bytes": len(model), "max_abs_err": err, "ort": _summary(ort_t), "eager": _summary(eager_t),
-                       "time_ratio": statistics.median(ort_t) / statistics.median(eager_t)}
-                if measure_memory:
-                    case = dict(model_path=path, B=B, C=C, d=d, H=H, scale=scale, K=K, threads=n)
-                    res["ort_peak"] = _peak_in_subprocess(kind="ort", **case)
-                    res["eager_peak"] = _peak_in_subprocess(kind="eager", **case)
-                    res["memory_ratio"] = res["ort_peak"] / max(res["eager_peak"], 1)
-                results.append(res)
-                if progress:
-                    print(f"  {n} thread(s): ORT {res['ort']['median'] * 1e3:.1f} ms, eager "
-                          f"{res['eager']['median'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
-        finally:
-            if path:
-                os.unlink(path)
+        for n in threads:
+            torch.set_num_threads(n)
+            sess = _session(model, n)
+            feed = _feed(sess, q, k, v)
+            out = torch.from_numpy(sess.run(None, feed)[0])
+            err = (out - eager_out).abs().max().item()
+            ort_t, eager_t = [], []
+            for r in range(repeats):  # interleaved, the order alternating
+                for which in (("ort", "eager") if r % 2 == 0 else ("eager", "ort")):
+                    t1 = time.perf_counter()
+                    if which == "ort":
+                        sess.run(None, feed)
+                        ort_t.append(time.perf_counter() - t1)
+                    else:
+                        with torch.no_grad():
+                            sapa_upsample(q, k, v, K)
+                        eager_t.append(time.perf_counter() - t1)
+            res = {"exporter": exporter, "threads": n, "export_s": export_s, "nodes": nodes,
+                   "bytes": len(model), "max_abs_err": err, "ort": _summary(ort_t), "eager": _summary(eager_t),
+                   "time_ratio": statistics.median(ort_t) / statistics.median(eager_t)}
+            res.update(memory)
+            results.append(res)
+            if progress:
+                print(f"  {n} thread(s): ORT {res['ort']['median'] * 1e3:.1f} ms, eager "
+                      f"{res['eager']['median'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
     return results
 
 
@@ -198,11 +197,11 @@ def format_onnx_table(results: List[Dict]) -> str:
         return f"{s['median'] * 1e3:.1f} ({s['min'] * 1e3:.1f}-{s['max'] * 1e3:.1f})"
 
     head = f"{'exporter':12s} {'thr':>3s} {'export s':>8s} {'nodes':>5s} {'ORT ms':>20s} {'eager ms':>20s} " \
-           f"{'ORT/eager':>9s} {'ORT MiB':>8s} {'eager MiB':>9s} {'mem ratio':>9s}"
+           f"{'ORT/eager':>9s} {'graph MiB':>9s} {'eager MiB':>9s} {'mem ratio':>9s}"
     rows = [head]
     for r in results:
-        mem = (f"{r['ort_peak'] / 2**20:8.1f} {r['eager_peak'] / 2**20:9.1f} {r['memory_ratio']:9.2f}"
-               if "ort_peak" in r else f"{'-':>8s} {'-':>9s} {'-':>9s}")
+        mem = (f"{r['graph_peak'] / 2**20:9.1f} {r['eager_peak'] / 2**20:9.1f} {r['memory_ratio']:9.2f}"
+               if "graph_peak" in r else f"{'-':>9s} {'-':>9s} {'-':>9s}")
         rows.append(f"{r['exporter']:12s} {r['threads']:3d} {r['export_s']:8.1f} {r['nodes']:5d} {ms(r['ort']):>20s} "
                     f"{ms(r['eager']):>20s} {r['time_ratio']:9.2f} {mem}")
     return "\n".join(rows)

@@ -22,7 +22,8 @@ them constants):
   and value as padded (B, Hp, Wp, c) maps;
 * for each window row dy, one ``Gather`` of the K column shifts, (B, H, W, K, c), and one
   batched ``MatMul`` per pixel: logits (K x d) @ (d x t), values (t x K) @ (K x C);
-* one transpose of the (B, H, s, W, t, C) sum to (B, C, H', W').
+* one transpose of the (B, H, s, W, t, c) sum to (B, c, H', W') per channel chunk
+  (:data:`EXPORT_CHANNEL_CHUNKS` of them: the live tensors stay near twice the output).
 
 Sizes enter only through ``Shape``/``Range`` nodes (every reshape names its sizes: ONNX
 Runtime cannot resolve a -1 in an empty batch), so the exported graph takes any batch
@@ -66,6 +67,10 @@ def shifted_upsample(query, key, value, kernel_size: int, normalization: str, pa
 #: floats per batch item of one chunk's accumulator: small enough to stay in a core's cache
 #: while the K*K steps run over it (ONNX Runtime runs the graph node by node)
 CHUNK_FLOATS = 1 << 16
+
+#: channel chunks of the exported graph's value aggregation (a fixed count: the graph's size
+#: does not depend on C); more chunks, lower peak memory, more nodes
+EXPORT_CHANNEL_CHUNKS = 4
 
 
 def _valid(H: int, W: int, K: int, like: torch.Tensor, shifted, positions, cdim: int) -> torch.Tensor:
@@ -170,16 +175,22 @@ def export_upsample(query, key, value, kernel_size: int, normalization: str, pad
     # query (B, d, H', W') -> (B, H, s, W, d, t): the t column phases of each (row phase, pixel)
     qt = q.permute(0, 2, 3, 1).reshape(B, H, s, W, t, d).transpose(-1, -2)
     # logits (B, H, s, W, K*K, t): per dy, (K x d) @ (d x t) at every pixel (s broadcast)
-    kshape, vshape = (B, H, W, K, d), (B, H, W, K, C)  # sizes read once: fewer Shape nodes
-    logits = torch.cat([band(kf, dy, kshape).unsqueeze(2) @ qt for dy in range(K)], -2)
+    logits = torch.cat([band(kf, dy, (B, H, W, K, d)).unsqueeze(2) @ qt for dy in range(K)], -2)
     valid = None
     if padding == "ignore":  # (1, H, 1, W, K*K, 1): window positions inside the map
         ones = pixel_major(k.new_ones((1, 1, H, W)))
         valid = torch.cat([band(ones, dy, (1, H, W, K, 1))[..., 0] for dy in range(K)], -1)[:, :, None, :, :, None] > 0
     w = normalize_logits(logits, valid, normalization, dim=-2).transpose(-1, -2)  # (B, H, s, W, t, K*K)
-    out = None
-    for dy in range(K):  # (t x K) @ (K x C) at every pixel: (B, H, s, W, t, C)
-        term = w[..., dy * K : (dy + 1) * K] @ band(vf, dy, vshape).unsqueeze(2)
-        out = term if out is None else out + term
-    out = out.permute(0, 5, 1, 2, 3, 4).reshape(B, C, Hq, Wq)  # (B, C, H, s, W, t) -> (B, C, H', W')
+    # values in EXPORT_CHANNEL_CHUNKS channel chunks: each chunk's gathered rows, running sum and
+    # transposed result are a fraction of the output, so the graph's live tensors peak at the
+    # final concatenation (the chunks and the output: about twice the output)
+    outs = []
+    for vc in vf.tensor_split(max(1, min(EXPORT_CHANNEL_CHUNKS, C)), dim=-1):
+        c = vc.shape[-1]
+        acc = None
+        for dy in range(K):  # (t x K) @ (K x c) at every pixel: (B, H, s, W, t, c)
+            term = w[..., dy * K : (dy + 1) * K] @ band(vc, dy, (B, H, W, K, c)).unsqueeze(2)
+            acc = term if acc is None else acc + term
+        outs.append(acc.permute(0, 5, 1, 2, 3, 4).reshape(B, c, Hq, Wq))  # (B, c, H, s, W, t) -> (B, c, H', W')
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
     return out if out.dtype == out_dtype else out.to(out_dtype)
