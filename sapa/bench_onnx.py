@@ -101,7 +101,7 @@ def graph_peak_bytes(model: bytes) -> int:
     for vi in list(m.graph.value_info) + list(m.graph.output):
         t = vi.type.tensor_type
         dims = [d.dim_value for d in t.shape.dim]
-        if all(dims):
+        if t.elem_type and all(dims):  # known type and static shape
             n = 1
             for x in dims:
                 n *= x

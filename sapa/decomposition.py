@@ -160,13 +160,18 @@ def export_upsample(query, key, value, kernel_size: int, normalization: str, pad
     C = v.shape[1]
     # every reshape names its sizes (read off the inputs' shapes: Shape nodes in ONNX), never -1,
     # which ONNX Runtime cannot resolve for an empty batch
-    cols = (torch.arange(W, device=q.device)[:, None] + torch.arange(K, device=q.device)).flatten()  # (W*K,)
+    cols = torch.arange(W, device=q.device)[:, None] + torch.arange(K, device=q.device)  # (W, K)
+    # one Gather per window row in both exporters' graphs: tensor indexing is a Gather for the
+    # TorchScript exporter but GatherND between two transposes for dynamo (2x slower in ONNX
+    # Runtime); index_select + reshape is a Gather for dynamo (its reshape costs TorchScript's
+    # graph a Shape/Unsqueeze/Concat chain per call)
+    by_index = not torch.compiler.is_exporting()
+    flat_cols = None if by_index else cols.flatten()
 
     def band(x, dy, shape):  # padded (B', Hp, Wp, c) -> (B', H, W, K, c): window row dy of every pixel
         end = dy - (K - 1)
-        # index_select: one Gather for both exporters (tensor indexing becomes GatherND between
-        # two transposes in the dynamo exporter's graph, 2x slower in ONNX Runtime)
-        return x[:, dy : end if end else None].index_select(2, cols).reshape(shape)
+        rows = x[:, dy : end if end else None]
+        return rows[:, :, cols] if by_index else rows.index_select(2, flat_cols).reshape(shape)
 
     def pixel_major(x):  # (B, c, H, W) -> zero-padded (B, Hp, Wp, c)
         return F.pad(x, (R, R, R, R)).permute(0, 2, 3, 1)
