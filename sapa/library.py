@@ -33,6 +33,14 @@ formula of its own (the vector-Jacobian product of that formulation's gradients)
 fused kernels and saves only what they read (the inputs and ``stat``); the formulation is
 recomputed from the saved inputs inside a backward that runs with ``create_graph=True``, so
 only a step that asks for higher derivatives pays for them (``tests/test_memory.py``).
+
+Decomposition. ``sapa::upsample`` is registered in ``torch._decomp.decomposition_table`` as
+:func:`sapa.decomposition.export_upsample` (standard aten ops), which the dynamo ONNX exporter
+reads: ``torch.onnx.export(torch.export.export(model, ...))`` works. ``torch.export`` keeps
+custom ops by default; ``ep.run_decompositions(sapa.library.DECOMPOSITIONS)`` gives a graph
+of aten ops only. The decomposition is for inference graphs: its ``stat`` output is zeros of
+the right shape (nothing in such a graph reads it; a training graph keeps the op and its
+backward).
 """
 from __future__ import annotations
 
@@ -42,9 +50,9 @@ import torch
 from torch import Tensor
 
 from .backends import get_backend
-from .decomposition import shifted_upsample
+from .decomposition import export_upsample, shifted_upsample
 
-__all__ = ["upsample", "upsample_backward", "UpsampleFunction", "BackwardFunction", "backward_vjp", "backward_jvp",
+__all__ = ["DECOMPOSITIONS", "upsample", "upsample_backward", "UpsampleFunction", "BackwardFunction", "backward_vjp", "backward_jvp",
            "forward_jvp"]
 
 
@@ -72,6 +80,18 @@ def _upsample_fake(query, key, value, kernel_size, normalization, padding, backe
     if get_backend(backend).saves_stat:
         return out, query.new_empty(B, Hq * Wq, dtype=torch.float32)
     return out, _empty_stat(query)
+
+
+@torch._decomp.register_decomposition(torch.ops.sapa.upsample.default)
+def _upsample_decomposition(query, key, value, kernel_size, normalization, padding, backend):
+    """Standard-op form of ``sapa::upsample`` for decomposed (inference) graphs: ONNX from an
+    exported program. ``stat`` comes back as zeros of the fake implementation's shape."""
+    out = export_upsample(query, key, value, kernel_size, normalization, padding)
+    return out, torch.zeros_like(_upsample_fake(query, key, value, kernel_size, normalization, padding, backend)[1])
+
+
+#: ``{sapa::upsample: its standard-op decomposition}``, for ``ExportedProgram.run_decompositions``
+DECOMPOSITIONS = {torch.ops.sapa.upsample.default: _upsample_decomposition}
 
 
 @torch.library.custom_op("sapa::upsample_backward", mutates_args=())

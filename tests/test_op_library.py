@@ -396,3 +396,30 @@ def test_onnx_non_integer_scale():
     q, k, v = _qkv(Hq=11, Wq=13, seed=4)
     out = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(out), sapa.sapa_upsample(q, k, v, 5), atol=1e-4, rtol=1e-4)
+
+
+def _exported():
+    m = _module()
+    x, y = _xy()
+    return m, torch.export.export(m, (x, y)), _xy(seed=4)
+
+
+def test_exported_program_decomposes():
+    """torch.export keeps the opaque op; its registered decomposition (export_upsample) gives an
+    aten-only graph with the same values."""
+    m, ep, (x2, y2) = _exported()
+    assert any("sapa.upsample" in str(n.target) for n in ep.graph.nodes)
+    dep = ep.run_decompositions(sapa.library.DECOMPOSITIONS)
+    assert not any("sapa" in str(n.target) for n in dep.graph.nodes)
+    torch.testing.assert_close(dep.module()(x2, y2), m(x2, y2))
+
+
+@pytest.mark.slow  # the dynamo ONNX exporter (~15 s): `make test-fast` skips it
+def test_exported_program_exports_to_onnx():
+    """The dynamo ONNX exporter translates an ExportedProgram through the registered decomposition."""
+    pytest.importorskip("onnxscript")
+    m, ep, (x2, y2) = _exported()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = torch.onnx.export(ep, dynamo=True).model_proto.SerializeToString()
+    torch.testing.assert_close(_run_onnx(model, x2, y2), m(x2, y2), atol=1e-4, rtol=1e-4)
