@@ -186,7 +186,7 @@ def run_onnx(B=2, C=256, d=32, H=64, scale=2, K=5, threads: Sequence[int] = (1,)
             res.update(memory)
             results.append(res)
             if progress:
-                print(f"  {n} thread(s): ORT {res['ort']['median'] * 1e3:.1f} ms, eager "
+                print(f"  {n} thread{'s' if n != 1 else ''}: ORT {res['ort']['median'] * 1e3:.1f} ms, eager "
                       f"{res['eager']['median'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
     return results
 

@@ -216,7 +216,7 @@ def paired_differences(
     for s in family:
         common = sorted(set(by[s]) & set(by[baseline]))
         if len(common) < 2:
-            raise ValueError(f"{key}={s!r} shares {len(common)} {pair}(s) with the baseline; need >= 2")
+            raise ValueError(f"{key}={s!r} shares {len(common)} {pair}{'s' if len(common) != 1 else ''} with the baseline; need >= 2")
         res = paired_t([by[s][k] - by[baseline][k] for k in common], alpha)
         adj = paired_t([by[s][k] - by[baseline][k] for k in common], alpha / max(m, 1))
         out.append(dict(setting=s, metric=metric, baseline=baseline, seeds=common, alpha=alpha, **res,
@@ -331,7 +331,7 @@ def too_close_to_call(rows: Iterable[Dict], metric: str, settings: Sequence[str]
     rows = list(rows)
     seeds = complete_seeds(rows, settings, key, pair)
     if len(seeds) < 2:
-        raise ValueError(f"{list(settings)} share {len(seeds)} {pair}(s); need >= 2")
+        raise ValueError(f"{list(settings)} share {len(seeds)} {pair}{'s' if len(seeds) != 1 else ''}; need >= 2")
     val: Dict[str, Dict] = {s: {} for s in settings}
     for r in rows:
         if r[key] in val and r[pair] in seeds:

@@ -134,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t = res[0]["task"]
     print(f"# python -m sapa.lab.steps: training step of the book's model ({t['head']} head, widths "
           f"{t['width']}/{t['decoder_width']}, {t['stages']} stages, batch {t['batch_size']}, "
-          f"{t['size']}x{t['size']}), {a.threads} thread(s), torch {torch.__version__}, {a.repeats} "
+          f"{t['size']}x{t['size']}), {a.threads} thread{'s' if a.threads != 1 else ''}, torch {torch.__version__}, {a.repeats} "
           f"interleaved rounds; on a busy machine read the ratios")
     print(format_steps(res))
 
