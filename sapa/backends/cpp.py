@@ -18,6 +18,11 @@ build silently (the same fallback, deliberately).
 Every normalisation and both paddings are covered, for any output size H' >= H, W' >= W.
 Half precision is not: ``"auto"`` runs float16/bfloat16 CPU tensors on ``"torch"``.
 
+The same extension holds the reassembly kernels of :func:`sapa.upsamplers.reassemble` (CARAFE,
+FADE, A2U: a weighted sum of each output pixel's K x K low-res window with given kernels),
+:func:`reassemble_forward` and :func:`reassemble_backward`; ``reassemble`` falls back to its
+pure PyTorch path when the extension is unavailable.
+
 Kernels (see the source's header): forward and the backward's first stage run one low-res
 row of window centres at a time (parallel over B x H with ``at::parallel_for``); the
 backward's key and value gradients are gathered per low-res row from the first stage's
@@ -39,7 +44,7 @@ from typing import Optional, Tuple
 import torch
 
 __all__ = ["forward", "backward", "available", "auto", "load_extension", "build_error", "build_directory",
-           "SOURCE"]
+           "SOURCE", "reassemble_forward", "reassemble_backward"]
 
 #: the C++ source, shipped as package data
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "sapa_cpu.cpp"
@@ -145,7 +150,7 @@ def load_extension(announce: bool = True):
             _error = _first_line(exc)
             warnings.warn(
                 f"sapa: the C++ CPU kernel could not be built ({_error}); CPU tensors use the pure "
-                "PyTorch backend 'torch' instead (slower, same results)",
+                "PyTorch backend 'torch' (and reassembly its PyTorch path) instead (slower, same results)",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -181,3 +186,17 @@ def backward(grad_out, query, key, value, out, stat, kernel_size, normalization,
     gq, gk, gv = ext.backward(grad_out.to(query.dtype), query, key, value, kernel_size, _NORM_CODE[normalization],
                               padding == "ignore", nq, nk, nv)
     return gq, gk, gv
+
+
+def reassemble_forward(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """(B, C, H', W') = sum_p kernels[:, p] * x around the window centres (see ``reassemble``):
+    x (B, C, H, W) and kernels (B, K*K, H', W') of one dtype, float32 or float64, H, W > 0."""
+    return load_extension().reassemble_forward(x, kernels, kernel_size)
+
+
+def reassemble_backward(grad_out: torch.Tensor, x: torch.Tensor, kernels: torch.Tensor, kernel_size: int,
+                        need_x: bool = True, need_kernels: bool = True):
+    """(grad_x, grad_kernels) of :func:`reassemble_forward`; an undefined (None) gradient where not needed."""
+    gx, gk = load_extension().reassemble_backward(grad_out.to(x.dtype), x, kernels, kernel_size, bool(need_x),
+                                                  bool(need_kernels))
+    return gx, gk

@@ -1,4 +1,6 @@
-// Fused CPU kernels of the SAPA operator (forward, and backward for query, key and value).
+// Fused CPU kernels of the SAPA operator (forward, and backward for query, key and value),
+// and of CARAFE-style reassembly with given kernels (sapa.upsamplers.reassemble: forward, and
+// backward for the feature and the kernels; see "reassembly" below: the same building blocks).
 //
 // Built on first use by sapa/backends/cpp.py with torch.utils.cpp_extension.load.
 //
@@ -689,6 +691,133 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
 }
 
 // ---------------------------------------------------------------------------------------
+// reassembly with given kernels (CARAFE, FADE, A2U, ...): out = sum_p kernels[p] * x[window]
+// ---------------------------------------------------------------------------------------
+// The (B, K*K, H', W') kernels take the weights' part: a group's kernels are gathered into
+// the weights' phase layout [P][p][Wb] (split_kernel_row), and the forward is the SAPA
+// forward's assembly (window_sum_scatter) of the padded x rows. Backward, one low-res row y
+// at a time (parallel over B x H): the kernel gradient of group y is window_dot of grad_out
+// in phases with the padded x rows around y (SAPA's weight gradient), joined back to NCHW;
+// the x gradient of row y is scatter_rows over the K groups whose windows hold it (SAPA's
+// value gradient), their kernels and grad_out in phases kept in rings of K groups. Every
+// entry is written by one thread in a fixed order: bitwise repeatable for any thread count.
+
+// phase-buffer index of column j in the [P][p][Wb] layout: v * KK * Wb + R + b
+std::vector<int64_t> kernel_index(const Geo& g) {
+  std::vector<int64_t> idx(g.Wq);
+  for (int64_t j = 0; j < g.Wq; ++j) idx[j] = (g.idxcol[j] / g.Wb) * g.KK * g.Wb + g.idxcol[j] % g.Wb;
+  return idx;
+}
+
+// one output row of kernel channel p <-> its phases, ph = first phase row (v = 0) of (u, p)
+template <typename T, int MC>
+inline void split_row_s(const T* row, T* ph, int64_t W, int64_t vstride) {
+  for (int64_t b = 0; b < W; ++b)
+    for (int v = 0; v < MC; ++v) ph[v * vstride + b] = row[b * MC + v];
+}
+template <typename T, int MC>
+inline void join_row_s(const T* ph, T* row, int64_t W, int64_t vstride) {
+  for (int64_t b = 0; b < W; ++b)
+    for (int v = 0; v < MC; ++v) row[b * MC + v] = ph[v * vstride + b];
+}
+template <typename T>
+inline void split_kernel_row(const T* row, T* ph, const int64_t* idx, const Geo& g) {
+  const int64_t vs = g.KK * g.Wb;
+  if (g.exact_w && g.mc == 1) return split_row_s<T, 1>(row, ph + g.R, g.W, vs);
+  if (g.exact_w && g.mc == 2) return split_row_s<T, 2>(row, ph + g.R, g.W, vs);
+  if (g.exact_w && g.mc == 3) return split_row_s<T, 3>(row, ph + g.R, g.W, vs);
+  if (g.exact_w && g.mc == 4) return split_row_s<T, 4>(row, ph + g.R, g.W, vs);
+  for (int64_t j = 0; j < g.Wq; ++j) ph[idx[j]] = row[j];
+}
+template <typename T>
+inline void join_kernel_row(const T* ph, T* row, const int64_t* idx, const Geo& g) {
+  const int64_t vs = g.KK * g.Wb;
+  if (g.exact_w && g.mc == 1) return join_row_s<T, 1>(ph + g.R, row, g.W, vs);
+  if (g.exact_w && g.mc == 2) return join_row_s<T, 2>(ph + g.R, row, g.W, vs);
+  if (g.exact_w && g.mc == 3) return join_row_s<T, 3>(ph + g.R, row, g.W, vs);
+  if (g.exact_w && g.mc == 4) return join_row_s<T, 4>(ph + g.R, row, g.W, vs);
+  for (int64_t j = 0; j < g.Wq; ++j) row[j] = ph[idx[j]];
+}
+
+// the kernels (B, KK, H', W') of group a into phases dst[P][p][Wb] (valid entries only)
+template <typename T>
+void gather_kernels(const T* src, T* dst, int64_t n, int64_t a, const int64_t* idx, const Geo& g) {
+  const int64_t nu = g.nu(a), i0 = g.firstr[a];
+  for (int64_t p = 0; p < g.KK; ++p)
+    for (int64_t u = 0; u < nu; ++u)
+      split_kernel_row(src + ((n * g.KK + p) * g.Hq + i0 + u) * g.Wq, dst + (u * g.mc * g.KK + p) * g.Wb, idx, g);
+}
+template <typename T>
+void scatter_kernels(const T* src, T* dst, int64_t n, int64_t a, const int64_t* idx, const Geo& g) {
+  const int64_t nu = g.nu(a), i0 = g.firstr[a];
+  for (int64_t p = 0; p < g.KK; ++p)
+    for (int64_t u = 0; u < nu; ++u)
+      join_kernel_row(src + (u * g.mc * g.KK + p) * g.Wb, dst + ((n * g.KK + p) * g.Hq + i0 + u) * g.Wq, idx, g);
+}
+
+template <typename T>
+void reassemble_forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Geo& g) {
+  const T* xp = x.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const std::vector<int64_t> idx = kernel_index(g);
+  at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> Wt(g.Pm * g.KK * g.Wb, T(0)), O(2 * g.Pm * g.Wb, T(0));
+    RowRing<T> xring(xp, g.C, g);
+    for (int64_t grp = begin; grp < end; ++grp) {
+      const int64_t n = grp / g.H, a = grp % g.H;
+      gather_kernels(kp, Wt.data(), n, a, idx.data(), g);
+      window_sum_scatter(Wt.data(), xring.at(n, a), op, n, a, g.C, O.data(), g);
+    }
+  });
+}
+
+template <typename T>
+void reassemble_backward_impl(const at::Tensor& go, const at::Tensor& x, const at::Tensor& k, at::Tensor& gx,
+                              at::Tensor& gk, bool need_x, bool need_k, const Geo& g) {
+  const T* gop = go.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  T* gxp = need_x ? gx.data_ptr<T>() : nullptr;
+  T* gkp = need_k ? gk.data_ptr<T>() : nullptr;
+  const std::vector<int64_t> idx = kernel_index(g);
+  const int64_t grp_w = g.Pm * g.KK * g.Wb, grp_g = g.C * g.Pm * g.Wb;
+  at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
+    // kernels and grad_out in phases for the K groups around y, in rings of K slots
+    std::vector<T> kring(need_x ? g.K * grp_w : 0, T(0)), gring(g.K * grp_g, T(0));
+    std::vector<T> S(need_k ? grp_w : 0, T(0)), tmp(8 * g.Wr);
+    RowRing<T> xring(xp, need_k ? g.C : 0, g);
+    std::vector<const T*> Ag(g.K), Xg(g.K);
+    int64_t ring_n = -1, ring_last = -1;  // groups <= ring_last of batch ring_n are loaded
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.H, y = row % g.H;
+      if (n != ring_n) ring_last = -1;
+      const int64_t first = std::max(need_x ? std::max<int64_t>(0, y - g.R) : y, ring_last + 1);
+      const int64_t last = need_x ? std::min<int64_t>(g.H - 1, y + g.R) : y;
+      for (int64_t a = first; a <= last; ++a) {
+        gather_phases(gop, gring.data() + (a % g.K) * grp_g, n, a, g.C, g);
+        if (need_x) gather_kernels(kp, kring.data() + (a % g.K) * grp_w, n, a, idx.data(), g);
+      }
+      ring_n = n;
+      ring_last = std::max(ring_last, last);
+      if (need_k) {
+        window_dot(gring.data() + (y % g.K) * grp_g, xring.at(n, y), S.data(), g.nu(y) * g.mc, g.C, g);
+        scatter_kernels(S.data(), gkp, n, y, idx.data(), g);
+      }
+      if (need_x) {
+        for (int64_t dy = 0; dy < g.K; ++dy) {
+          const int64_t a = y + g.R - dy;
+          const bool in = a >= 0 && a < g.H;
+          Ag[dy] = in ? kring.data() + (a % g.K) * grp_w : nullptr;
+          Xg[dy] = in ? gring.data() + (a % g.K) * grp_g : nullptr;
+        }
+        scatter_rows(Ag.data(), Xg.data(), gxp, n, y, g.C, tmp.data(), g);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
 // entry points
 // ---------------------------------------------------------------------------------------
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t K, int64_t norm) {
@@ -744,10 +873,61 @@ std::vector<at::Tensor> sapa_backward(at::Tensor go, at::Tensor q, at::Tensor k,
   return {gq, gk, gv};
 }
 
+
+void check_reassemble(const at::Tensor& x, const at::Tensor& k, int64_t K) {
+  TORCH_CHECK(x.device().is_cpu() && k.device().is_cpu(), "reassemble_cpu: CPU tensors only");
+  TORCH_CHECK(x.dim() == 4 && k.dim() == 4, "reassemble_cpu: 4-d tensors expected");
+  TORCH_CHECK(x.scalar_type() == k.scalar_type(), "reassemble_cpu: one dtype");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "reassemble_cpu: float32 or float64");
+  TORCH_CHECK(K > 0 && K % 2 == 1, "reassemble_cpu: kernel_size must be odd");
+  TORCH_CHECK(k.size(0) == x.size(0) && k.size(1) == K * K, "reassemble_cpu: kernels must be (B, K*K, H', W')");
+  TORCH_CHECK(k.size(2) >= x.size(2) && k.size(3) >= x.size(3), "reassemble_cpu: output smaller than input");
+  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, "reassemble_cpu: empty map");
+}
+
+at::Tensor reassemble_forward(at::Tensor x, at::Tensor k, int64_t K) {
+  check_reassemble(x, k, K);
+  x = x.contiguous();
+  k = k.contiguous();
+  Geo g(k, x, x, K, false, NONE, lanes(x));
+  at::Tensor out = at::empty({g.B, g.C, g.Hq, g.Wq}, x.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "reassemble_forward",
+                             [&] { reassemble_forward_impl<scalar_t>(x, k, out, g); });
+  return out;
+}
+
+std::vector<at::Tensor> reassemble_backward(at::Tensor go, at::Tensor x, at::Tensor k, int64_t K, bool need_x,
+                                            bool need_k) {
+  check_reassemble(x, k, K);
+  TORCH_CHECK(go.scalar_type() == x.scalar_type(), "reassemble_cpu: grad_out dtype");
+  TORCH_CHECK(go.dim() == 4 && go.size(0) == x.size(0) && go.size(1) == x.size(1) && go.size(2) == k.size(2) &&
+                  go.size(3) == k.size(3),
+              "reassemble_cpu: grad_out shape");
+  go = go.contiguous();
+  x = x.contiguous();
+  k = k.contiguous();
+  Geo g(k, x, x, K, false, NONE, lanes(x));
+  at::Tensor gx = need_x ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
+  at::Tensor gk = need_k ? at::empty_like(k, at::MemoryFormat::Contiguous) : at::Tensor();
+  if (!(need_x || need_k)) return {gx, gk};
+  if (go.numel() == 0) {  // B = 0, C = 0 or an empty output: every sum is empty
+    if (need_x) gx.zero_();
+    if (need_k) gk.zero_();
+    return {gx, gk};
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "reassemble_backward",
+                             [&] { reassemble_backward_impl<scalar_t>(go, x, k, gx, gk, need_x, need_k, g); });
+  return {gx, gk};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &sapa_forward, "SAPA forward (CPU): query, key, value, kernel_size, norm code, ignore");
   m.def("backward", &sapa_backward,
         "SAPA backward (CPU): grad_out, query, key, value, kernel_size, norm code, ignore, need_q, need_k, need_v");
+  m.def("reassemble_forward", &reassemble_forward, "reassembly with given kernels (CPU): x, kernels, kernel_size");
+  m.def("reassemble_backward", &reassemble_backward,
+        "reassembly backward (CPU): grad_out, x, kernels, kernel_size, need_x, need_kernels -> (grad_x, grad_kernels)");
 }
