@@ -34,13 +34,16 @@ fused kernels and saves only what they read (the inputs and ``stat``); the formu
 recomputed from the saved inputs inside a backward that runs with ``create_graph=True``, so
 only a step that asks for higher derivatives pays for them (``tests/test_memory.py``).
 
-Decomposition. ``sapa::upsample`` is registered in ``torch._decomp.decomposition_table`` as
-:func:`sapa.decomposition.export_upsample` (standard aten ops), which the dynamo ONNX exporter
-reads: ``torch.onnx.export(torch.export.export(model, ...))`` works. ``torch.export`` keeps
-custom ops by default; ``ep.run_decompositions(sapa.library.DECOMPOSITIONS)`` gives a graph
-of aten ops only. The decomposition is for inference graphs: its ``stat`` output is zeros of
-the right shape (nothing in such a graph reads it; a training graph keeps the op and its
-backward).
+Decomposition. ``torch.export`` keeps the op (opaque, with its fake implementation);
+:data:`DECOMPOSITIONS` maps it to :func:`sapa.decomposition.export_upsample` (standard aten
+ops): ``ep.run_decompositions(sapa.library.DECOMPOSITIONS)`` gives a graph of aten ops only,
+which ``torch.onnx.export`` translates (an exported program that still holds the op cannot be:
+"No ONNX function found for sapa.upsample"; exporting the model itself,
+``torch.onnx.export(model, args, dynamo=True)``, needs nothing). The decomposition is for
+inference graphs: its ``stat`` output is zeros of the right shape (nothing in such a graph
+reads it). It is deliberately not registered in ``torch._decomp.decomposition_table``: fake
+tensors with symbolic sizes run a registered decomposition instead of the fake
+implementation, so ``torch.compile(dynamic=True)`` would guard on the sizes and recompile.
 """
 from __future__ import annotations
 
@@ -82,10 +85,9 @@ def _upsample_fake(query, key, value, kernel_size, normalization, padding, backe
     return out, _empty_stat(query)
 
 
-@torch._decomp.register_decomposition(torch.ops.sapa.upsample.default)
 def _upsample_decomposition(query, key, value, kernel_size, normalization, padding, backend):
-    """Standard-op form of ``sapa::upsample`` for decomposed (inference) graphs: ONNX from an
-    exported program. ``stat`` comes back as zeros of the fake implementation's shape."""
+    """Standard-op form of ``sapa::upsample`` for decomposed (inference) graphs, e.g. ONNX from
+    an exported program. ``stat`` comes back as zeros of the fake implementation's shape."""
     out = export_upsample(query, key, value, kernel_size, normalization, padding)
     return out, torch.zeros_like(_upsample_fake(query, key, value, kernel_size, normalization, padding, backend)[1])
 
