@@ -725,8 +725,9 @@ def main(argv=None) -> int:
             cfg = resolve_config(dict(overrides, upsampler=conf["upsampler"],
                                       upsampler_options=dict(per_upsampler.get(conf["upsampler"], {}),
                                                              **conf["options"])))
-        if cfg.dataset not in ("synthetic", "textures"):  # a bad --data-root fails here, once
-            from .data import make_dataset
+        from .data import PROCEDURAL_DATASETS, make_dataset
+
+        if cfg.dataset not in PROCEDURAL_DATASETS:  # a bad --data-root fails here, once
 
             for split in ("train", "val"):
                 make_dataset(cfg.dataset, split=split, root=cfg.data_root, size=cfg.size, num_samples=1,
