@@ -31,7 +31,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 from .._checks import check_positive_int as _positive_int
 
-__all__ = ["stage_features", "LinearProbe", "fit_probe", "evaluate_probe", "linear_probe", "probe_table", "format_table",
-           "main"]
+__all__ = ["stage_features", "LinearProbe", "fit_probe", "evaluate_probe", "linear_probe", "probe_table",
+           "format_table", "main"]
 
 Stage = Union[int, str]
 
@@ -243,7 +243,8 @@ def linear_probe(model: nn.Module, dataset, stage: Stage, train_images: int = 64
             img, mask = _stack(dataset, indices[k:k + batch_size])
             f = stage_features(model, img.to(device), stage)
             if res is None:
-                res = tuple(img.shape[-2:]) if stage == "image" else tuple(_native_resolution(model, img, stage, device))
+                res = (tuple(img.shape[-2:]) if stage == "image"
+                       else tuple(_native_resolution(model, img, stage, device)))
             fs.append(f.cpu())
             ms.append(mask)
         return torch.cat(fs), torch.cat(ms), res
