@@ -219,3 +219,175 @@ def test_textured_regions_thin_structures_and_cover():
     ds2 = make_dataset("textures", split="val", size=64, num_samples=3, num_classes=3)
     assert len(ds2) == 3 and int(max(ds2[i][1].max() for i in range(3))) <= 2
     assert len(make_dataset("textures", split="val")) >= 1000
+
+
+# ---- TextureStatistics: the task whose high-resolution guide is weak ------------------------------
+import torch.nn.functional as F  # noqa: E402
+
+from sapa.lab.data import PROCEDURAL_DATASETS, STATISTICS_CLASSES, TextureStatistics  # noqa: E402
+
+
+def test_texture_statistics_types_determinism_and_fresh_epochs():
+    seed = random.randrange(1000)
+    ds = TextureStatistics(8, size=(64, 72), seed=seed)
+    img, mask = ds[5]
+    assert img.shape == (3, 64, 72) and img.dtype == torch.float32
+    assert mask.shape == (64, 72) and mask.dtype == torch.int64
+    assert 0 <= float(img.min()) and float(img.max()) <= 1 and int(mask.max()) < len(STATISTICS_CLASSES)
+    assert ds.num_classes == 6 and ds.class_names == STATISTICS_CLASSES and ds.ignore_index is None
+    again = TextureStatistics(100, size=(64, 72), seed=seed)[5]  # not on the length or access order
+    assert torch.equal(img, again[0]) and torch.equal(mask, again[1])
+    assert torch.equal(ds[-3][0], ds[5][0])
+    ds.set_epoch(3)  # the training split draws fresh samples every epoch
+    assert not torch.equal(ds[5][1], mask)
+    ds.set_epoch(0)
+    assert torch.equal(ds[5][0], img)
+    val = TextureStatistics(4, seed=seed, split="val")
+    first = val[2]
+    val.set_epoch(7)  # the validation set is fixed
+    assert torch.equal(val[2][0], first[0]) and torch.equal(val[2][1], first[1])
+    assert not torch.equal(first[0], TextureStatistics(4, seed=seed + 1, split="val")[2][0])
+    assert not torch.equal(first[0], TextureStatistics(4, seed=seed, split="test")[2][0])
+    with pytest.raises(IndexError):
+        ds[8]
+
+
+def test_texture_statistics_arguments():
+    for kwargs, name in ((dict(num_classes=7), "num_classes"), (dict(num_classes=1), "num_classes"),
+                         (dict(split="dev"), "split"), (dict(seed=-1), "seed"), (dict(size=4), "size"),
+                         (dict(max_objects=0), "max_objects"), (dict(max_bands=-1), "max_bands"),
+                         (dict(max_small=1.5), "max_small"), (dict(noise=-0.1), "noise"),
+                         (dict(noise=(0.2, 0.1)), "noise"), (dict(noise="loud"), "noise")):
+        with pytest.raises(ValueError, match=name):
+            TextureStatistics(4, **kwargs)
+    with pytest.raises(ValueError, match="num_samples"):
+        TextureStatistics(-1)
+    with pytest.raises(ValueError, match="epoch"):
+        TextureStatistics(4).set_epoch(-1)
+    quiet = TextureStatistics(2, seed=3, split="val", noise=0.0)[0][0]
+    loud = TextureStatistics(2, seed=3, split="val", noise=0.3)[0][0]
+    assert float((loud - quiet).std()) > 0.2  # the noise is what it says
+    three = make_dataset("statistics", split="val", size=32, num_samples=5, num_classes=3)
+    assert isinstance(three, TextureStatistics) and len(three) == 5 and three.num_classes == 3
+    assert all(int(three[i][1].max()) <= 2 for i in range(5))
+    assert len(make_dataset("statistics", split="val")) == 1000
+    assert "statistics" in PROCEDURAL_DATASETS
+
+
+def test_texture_statistics_classes_bands_and_small_blobs():
+    ds = TextureStatistics(40, seed=random.randrange(1000), split="val")
+    seen = torch.zeros(len(STATISTICS_CLASSES))
+    narrow = 0
+    for i in range(len(ds)):
+        mask = ds[i][1]
+        seen += torch.bincount(mask.flatten(), minlength=len(STATISTICS_CLASSES))
+        fg = (mask > 0).float()[None, None]
+        opened = F.max_pool2d(-F.max_pool2d(-fg, 9, 1, 4), 9, 1, 4)  # 9 x 9 opening
+        narrow += int((fg - opened).clamp_min(0).sum())  # foreground narrower than 9 px
+    assert (seen > 0).all(), seen
+    assert seen[0] / seen.sum() < 0.8  # foreground is not a rounding error
+    assert narrow / float(seen[1:].sum()) > 0.1, narrow / float(seen[1:].sum())  # bands and small blobs
+
+
+def _pixel_statistics(ds, n):
+    """Per class, the pixel-weighted means over images of (class mean - background mean) and
+    (class std / background std) of every channel, both taken in the same image."""
+    C = ds.num_classes
+    dmean, ratio, weight = torch.zeros(C, 3), torch.zeros(C, 3), torch.zeros(C)
+    for i in range(n):
+        img, mask = ds[i]
+        bg = img[:, mask == 0]
+        if bg.shape[1] < 50:
+            continue
+        for c in range(1, C):
+            px = img[:, mask == c]
+            if px.shape[1] < 50:
+                continue
+            w = px.shape[1]
+            dmean[c] += w * (px.mean(1) - bg.mean(1))
+            ratio[c] += w * px.std(1) / bg.std(1)
+            weight[c] += w
+    keep = weight > 0
+    return dmean[keep] / weight[keep, None], ratio[keep] / weight[keep, None]
+
+
+def _structure_features(img, window):
+    """(4, H, W) texture statistics over a window x window box: the structure tensor's
+    anisotropy (cos 2 theta, sin 2 theta, times the coherence) from Sobel gradients, and two
+    log energy ratios of a Laplacian pyramid's bands (spatial frequency)."""
+    def blur(t, k):
+        k = torch.tensor(k, dtype=torch.float32)
+        k, r = k / k.sum(), len(k) // 2
+        t = F.conv2d(F.pad(t, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(t, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+
+    g = img.mean(0)[None, None]
+    sobel = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])[None, None] / 8
+    gp = F.pad(g, (1, 1, 1, 1), mode="replicate")
+    gx, gy = F.conv2d(gp, sobel), F.conv2d(gp, sobel.transpose(-1, -2))
+
+    def box(t):
+        return F.avg_pool2d(t, window, 1, window // 2, count_include_pad=False)
+
+    jxx, jyy, jxy = box(gx * gx), box(gy * gy), box(gx * gy)
+    tr = (jxx + jyy).clamp_min(1e-8)
+    b1 = blur(g, [1, 2, 1])
+    b2 = blur(b1, [1, 4, 6, 4, 1])
+    b3 = blur(b2, [1, 4, 6, 4, 1])
+    e_hi, e_fine, e_mid = box((g - b1) ** 2), box((b1 - b2) ** 2), box((b2 - b3) ** 2)
+    return torch.cat([(jxx - jyy) / tr, 2 * jxy / tr, torch.log(e_fine / e_mid), torch.log(e_hi / e_fine)], 1)[0]
+
+
+def _nearest_centroid_accuracy(train, test, features, num_classes, window=9):
+    """Per-class accuracy of a nearest-centroid classifier (standardised features) fitted on
+    ``train``'s pixels and scored on ``test``'s, both at pixels whose window x window
+    neighbourhood has one label (so every statistic sees one class)."""
+    def collect(ds):
+        xs, ys = [], []
+        for i in range(len(ds)):
+            img, mask = ds[i]
+            m = F.pad(mask.float()[None, None], (window // 2,) * 4, value=-1)
+            pure = (F.max_pool2d(m, window, 1) == -F.max_pool2d(-m, window, 1))[0, 0]
+            xs.append(features(img)[:, pure].T)
+            ys.append(mask[pure])
+        return torch.cat(xs), torch.cat(ys)
+
+    (x, y), (xt, yt) = collect(train), collect(test)
+    mu, sd = x.mean(0), x.std(0) + 1e-8
+    x, xt = (x - mu) / sd, (xt - mu) / sd
+    centroids = torch.stack([x[y == c].mean(0) for c in range(num_classes)])
+    pred = torch.cdist(xt, centroids).argmin(1)
+    return torch.stack([(pred[yt == c] == c).float().mean() for c in range(num_classes)])
+
+
+def test_texture_statistics_pixels_say_nothing_areas_say_the_class(one_thread):
+    """The property the task exists for, measured: a pixel's colour and intensity have one
+    distribution whatever its class (and a classifier of a pixel's colour is at chance),
+    while texture statistics over a 9 x 9 window separate the classes."""
+    seed = random.randrange(1000)
+    val = TextureStatistics(100, seed=seed, split="val")
+    dmean, ratio = _pixel_statistics(val, len(val))
+    print(f"class - background mean, per class and channel: max |d| {float(dmean.abs().max()):.4f}; "
+          f"std ratio in [{float(ratio.min()):.3f}, {float(ratio.max()):.3f}]")
+    assert float(dmean.abs().max()) < 0.01  # the pixels' std is about 0.2
+    assert float((ratio - 1).abs().max()) < 0.04
+    # the same measurement has the power to fail: on TexturedRegions (hue families) it does
+    tex_mean, tex_ratio = _pixel_statistics(TexturedRegions(40, seed=seed, split="val"), 40)
+    assert float(tex_mean.abs().max()) > 0.1
+
+    train, test = TextureStatistics(30, seed=seed, split="train"), TextureStatistics(30, seed=seed, split="test")
+    C = train.num_classes
+    pixel = _nearest_centroid_accuracy(train, test, lambda im: im, C)
+    patch = _nearest_centroid_accuracy(train, test, lambda im: F.avg_pool2d(im[None], 3, 1, 1)[0], C)
+    area = _nearest_centroid_accuracy(train, test, lambda im: _structure_features(im, 9), C)
+    small = _nearest_centroid_accuracy(train, test, lambda im: _structure_features(im, 3), C)
+    print("balanced accuracy (chance 1/6): pixel colour", round(float(pixel.mean()), 3), "3x3 mean colour",
+          round(float(patch.mean()), 3), "texture statistics over 3x3", round(float(small.mean()), 3),
+          "over 9x9", round(float(area.mean()), 3), [round(float(a), 2) for a in area])
+    assert float(pixel.mean()) < 0.25 and float(patch.mean()) < 0.25
+    assert float(area.mean()) > 0.8 and float(area.min()) > 0.5
+    assert float(area.mean()) > float(small.mean()) + 0.1
+    # and on TexturedRegions the pixel colour alone is far above chance (the test can fail)
+    tex_pixel = _nearest_centroid_accuracy(TexturedRegions(20, seed=seed, split="train"),
+                                           TexturedRegions(20, seed=seed, split="test"), lambda im: im, 6, window=3)
+    assert float(tex_pixel.mean()) > 0.4, tex_pixel

@@ -207,7 +207,7 @@ def test_cli_help_example_runs_with_a_mixed_grid(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--help"])
     text = capsys.readouterr().out
-    assert "{cosine,plateau}" in text and "{synthetic,textures,folder,oxford-pets}" in text
+    assert "{cosine,plateau}" in text and "{synthetic,textures,statistics,folder,oxford-pets}" in text
     for flag, *_ in sweep._flags():
         assert f"--{flag}" in text
 
@@ -283,7 +283,7 @@ def test_interrupted_sweep_records_its_invocation(tmp_path, monkeypatch, capsys)
 RESULTS = Path(__file__).resolve().parent.parent / "book" / "results"
 
 
-@pytest.mark.parametrize("name", ["main", "table6"])
+@pytest.mark.parametrize("name", ["main", "table6", "statistics"])
 def test_stored_rows_config_ids_recompute(name):
     """Every row of a stored CSV is one of the stored commands' runs: its config_id recomputes
     from the grid, the seeds and STORED_TASK (so a move of the code keeps the ids valid)."""
@@ -339,3 +339,69 @@ def test_stored_rows_status(tmp_path, monkeypatch):
     assert [r["run"] for r in rows] == ["r1"]
     assert status == ("The stored `table6.csv` holds 1 run of the stored settings (1 row of other settings, "
                       "e.g. a rerun with a changed option, is left out).")
+
+
+# ---- the weak-guide task's stored comparison ------------------------------------------------------
+def test_statistics_command_round_trips(monkeypatch, capsys):
+    """The printed "statistics:" command parses (through the CLI itself), names the dataset
+    once, and its runs are exactly the config_ids stored_rows("statistics") keeps."""
+    import shlex
+
+    assert sweep.main(["--print-commands"]) == 0
+    lines = {ln.split(": ", 1)[0]: ln.split(": ", 1)[1] for ln in capsys.readouterr().out.splitlines()}
+    command = lines["statistics"]
+    assert command == sweep.stored_command("statistics")
+    argv = shlex.split(command)[3:]
+    assert argv.count("--dataset") == 1 and argv[argv.index("--dataset") + 1] == "statistics"
+    assert argv[argv.index("--out") + 1] == "book/results/statistics.csv"
+    assert argv[argv.index("--upsamplers") + 1: argv.index("--out")] == list(sweep.WEAK_GUIDE_UPSAMPLERS)
+    for flag in ("--head", "--size", "--stages", "--width", "--decoder-width", "--batch-size", "--lr",
+                 "--train-samples", "--val-samples", "--epochs", "--schedule", "--eval-every"):
+        assert argv.count(flag) == 1, flag
+    # main/table6 keep their task: textures
+    assert "--dataset textures" in sweep.stored_command("main") and "statistics" not in sweep.stored_command("main")
+
+    class Parsed(Exception):
+        pass
+
+    captured = {}
+
+    def capture(grid_name, seeds, out_csv, runs_dir, workers, overrides, upsamplers, per_upsampler=None):
+        captured.update(grid=grid_name, seeds=seeds, runs=runs_dir, overrides=overrides, upsamplers=upsamplers,
+                        per_upsampler=per_upsampler)
+        raise Parsed
+
+    monkeypatch.setattr(sweep, "run_sweep", capture)
+    with pytest.raises(Parsed):
+        sweep.main(argv)  # every setting is checked (resolve_config) before run_sweep is reached
+    assert captured["seeds"] == [0, 1, 2, 3, 4] and captured["overrides"]["dataset"] == "statistics"
+    jobs = sweep._jobs(captured["grid"], captured["seeds"], captured["runs"], captured["overrides"],
+                       captured["upsamplers"], captured["per_upsampler"])
+    expected = sweep.stored_config_ids("statistics")
+    assert len(jobs) == 5 * len(sweep.WEAK_GUIDE_UPSAMPLERS) == len(expected)
+    assert {j["config_id"] for j in jobs} == set(expected)
+    for j in jobs:
+        assert expected[j["config_id"]] == [dict(group=j["group"], setting=j["setting"], seed=j["train"]["seed"])]
+        assert j["train"]["dataset"] == "statistics" and j["train"]["head"] == "segformer"
+    # no run is shared with the textures comparison (another dataset, another config_id)
+    assert not set(expected) & set(sweep.stored_config_ids("main"))
+
+
+def test_statistics_stored_rows(tmp_path, monkeypatch):
+    from sapa.lab import results
+
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    rows, status = sweep.stored_rows("statistics")
+    assert rows is None and "--out book/results/statistics.csv" in status and "--dataset statistics" in status
+    cid, [where] = next(iter(sweep.stored_config_ids("statistics").items()))
+    main_cid = next(iter(sweep.stored_config_ids("main")))
+    with open(tmp_path / "statistics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=sweep.CSV_COLUMNS)
+        w.writeheader()
+        base = {k: "" for k in sweep.CSV_COLUMNS}
+        w.writerow(dict(base, group=where["group"], setting=where["setting"], seed=where["seed"], config_id=cid,
+                        miou=0.5, run="r1"))
+        w.writerow(dict(base, group=where["group"], setting=where["setting"], seed=where["seed"],
+                        config_id=main_cid, miou=0.9, run="r2"))  # a textures run: not this result's
+    rows, status = sweep.stored_rows("statistics")
+    assert [r["run"] for r in rows] == ["r1"] and "1 row of other settings" in status

@@ -4,6 +4,7 @@ Command line (``--print-commands`` prints the exact commands of the stored resul
 
     python -m sapa.lab.sweep --grid main   --seeds 0 1 2 3 4 --out book/results/main.csv  <task flags>
     python -m sapa.lab.sweep --grid table6 --seeds 0 1 2 3 4 --out book/results/table6.csv <task flags>
+    python -m sapa.lab.sweep --grid main --upsamplers ... --out book/results/statistics.csv <task flags, --dataset statistics>
     python -m sapa.lab.sweep --grid main --estimate <task flags>     # time a few steps, predict the wall time
 
 Grids: ``segmentation`` (the 15 upsamplers of the package), ``main`` (those plus the
@@ -51,7 +52,8 @@ import torch
 
 from ._parallel import sigterm_as_interrupt, stop_pool
 
-__all__ = ["SEGMENTATION_UPSAMPLERS", "MAIN_UPSAMPLERS", "GRIDS", "STORED", "grid", "segmenter_cost",
+__all__ = ["SEGMENTATION_UPSAMPLERS", "MAIN_UPSAMPLERS", "WEAK_GUIDE_UPSAMPLERS", "GRIDS", "STORED",
+           "STORED_DATASETS", "stored_task", "grid", "segmenter_cost",
            "run_sweep", "estimate", "read_csv", "summarize", "stored_command", "stored_config_ids", "select_stored",
            "stored_rows", "STORED_FILES", "main", "CSV_COLUMNS"]
 
@@ -95,6 +97,15 @@ _NOT_DEFINING = ("out", "progress", "threads", "num_workers", "device", "resume"
 STORED_TASK = dict(dataset="textures", head="segformer", size=64, stages=3, width=8, decoder_width=16,
                    batch_size=8, lr=2e-3, train_samples=256, val_samples=1000, epochs=40,
                    schedule="cosine", eval_every=8)
+#: stored commands run on another dataset than STORED_TASK's, every other setting the same:
+#: "statistics" is the task whose high-resolution guide is weak (:class:`sapa.lab.data.TextureStatistics`:
+#: the classes share one per-pixel colour distribution, only texture statistics over an area
+#: tell them apart)
+STORED_DATASETS = {"statistics": "statistics"}
+#: the upsamplers of the weak-guide comparison: the non-guided baselines, the parameter-matched
+#: control, the guided designs of the paper's comparison and the SAPA variants
+WEAK_GUIDE_UPSAMPLERS = ("nearest", "bilinear", "deconv", "bilinear+conv", "carafe", "fade", "indexnet-m2o",
+                         "sapa-i", "sapa-b", "sapa-g")
 STORED_SEEDS = (0, 1, 2, 3, 4)
 #: seeds of SAPA-D's rows (outside the Holm family of the main comparison: its CPU path,
 #: grid_sample over 9 points per group, costs ~17x a SAPA-B step)
@@ -106,7 +117,17 @@ STORED = {
              "--out", "book/results/main.csv"],
     "table6": ["--grid", "table6", "--out", "book/results/table6.csv"],
     "main+sapa-d": ["--grid", "main", "--upsamplers", "sapa-d", "--out", "book/results/main.csv"],
+    "statistics": ["--grid", "main", "--upsamplers", *WEAK_GUIDE_UPSAMPLERS, "--out", "book/results/statistics.csv"],
 }
+
+
+def stored_task(name: str) -> Dict:
+    """The task settings of stored command ``name``: :data:`STORED_TASK`, with the dataset of
+    :data:`STORED_DATASETS` where it names one."""
+    task = dict(STORED_TASK)
+    if name in STORED_DATASETS:
+        task["dataset"] = STORED_DATASETS[name]
+    return task
 
 
 def _task_flags(task: Dict) -> List[str]:
@@ -117,14 +138,15 @@ def _task_flags(task: Dict) -> List[str]:
 
 
 def stored_command(name: str) -> str:
-    """The one command that regenerates the stored result ``name`` ("main", "table6", "mechanism")."""
+    """The one command that regenerates the stored result ``name`` ("main", "main+sapa-d", "table6",
+    "statistics", "mechanism"); the task flags are :func:`stored_task`'s, each flag once."""
     if name == "mechanism":
         return "python -m sapa.lab.mechanism --out book/results/mechanism.csv --workers 2"
     if name not in STORED:
         raise ValueError(f"unknown stored result {name!r}; expected one of {sorted(STORED) + ['mechanism']}")
     seeds = SAPA_D_SEEDS if name == "main+sapa-d" else STORED_SEEDS
     argv = STORED[name] + ["--seeds", *map(str, seeds), "--runs", "runs/sweep", "--workers", "2"]
-    return "python -m sapa.lab.sweep " + " ".join(argv + _task_flags(STORED_TASK))
+    return "python -m sapa.lab.sweep " + " ".join(argv + _task_flags(stored_task(name)))
 
 
 def grid(name: str, upsamplers: Optional[Iterable[str]] = None) -> List[Dict]:
@@ -544,13 +566,14 @@ def read_csv(path) -> List[Dict]:
 
 
 #: the stored CSV of each stored result, and the stored commands that write into it
-STORED_FILES = {"main": ("main.csv", ("main", "main+sapa-d")), "table6": ("table6.csv", ("table6",))}
+STORED_FILES = {"main": ("main.csv", ("main", "main+sapa-d")), "table6": ("table6.csv", ("table6",)),
+                "statistics": ("statistics.csv", ("statistics",))}
 
 
 def stored_config_ids(name: str) -> Dict[str, List[Dict]]:
-    """The runs of stored command ``name`` ("main", "main+sapa-d", "table6"), by config_id.
+    """The runs of stored command ``name`` ("main", "main+sapa-d", "table6", "statistics"), by config_id.
 
-    Recomputed from the command's grid, upsamplers, seeds and :data:`STORED_TASK` exactly as
+    Recomputed from the command's grid, upsamplers, seeds and task (:func:`stored_task`) exactly as
     ``python -m sapa.lab.sweep`` computes them, so a row belongs to the stored result if and
     only if its ``config_id`` is a key here. Returns ``{config_id: [{group, setting, seed}, ...]}``
     (settings equal to SAPA-B's defaults share one run, hence a list).
@@ -562,7 +585,7 @@ def stored_config_ids(name: str) -> Dict[str, List[Dict]]:
     ups = argv[argv.index("--upsamplers") + 1: argv.index("--out")] if "--upsamplers" in argv else None
     seeds = SAPA_D_SEEDS if name == "main+sapa-d" else STORED_SEEDS
     out: Dict[str, List[Dict]] = {}
-    for job in _jobs(grid_name, seeds, "runs/sweep", dict(STORED_TASK), ups):
+    for job in _jobs(grid_name, seeds, "runs/sweep", stored_task(name), ups):
         out.setdefault(job["config_id"], []).append(
             dict(group=job["group"], setting=job["setting"], seed=job["train"]["seed"]))
     return out
@@ -570,7 +593,8 @@ def stored_config_ids(name: str) -> Dict[str, List[Dict]]:
 
 def select_stored(rows: List[Dict], name: str) -> Tuple[List[Dict], int]:
     """The rows of ``rows`` (a stored CSV's) that belong to stored result ``name`` ("main",
-    which includes SAPA-D's rows, or "table6"): those whose ``config_id`` is a stored run's.
+    which includes SAPA-D's rows, "table6" or "statistics"): those whose ``config_id`` is a
+    stored run's.
 
     Returns ``(kept, left_out)``. Raises ValueError when two kept rows have one (group,
     setting, seed): the file was assembled by hand, and no row can be chosen silently.
@@ -592,7 +616,7 @@ def select_stored(rows: List[Dict], name: str) -> Tuple[List[Dict], int]:
 
 
 def stored_rows(name: str, start=None) -> Tuple[Optional[List[Dict]], str]:
-    """The stored result ``name`` ("main" or "table6") for a chapter: ``(rows, status)``.
+    """The stored result ``name`` ("main", "table6" or "statistics") for a chapter: ``(rows, status)``.
 
     ``rows``: the rows of ``book/results/<name>.csv`` (:func:`sapa.lab.results.stored_file`: the
     checkout's, else fetched) of the stored commands' runs (:func:`select_stored`), or None when
@@ -649,7 +673,8 @@ def _flags():
     from .train import SCHEDULES
 
     return [
-        ("dataset", str, DATASETS, "dataset of every run (textures: fresh procedural samples every epoch)"),
+        ("dataset", str, DATASETS, "dataset of every run (textures, statistics: fresh procedural samples "
+                                   "every epoch)"),
         ("data-root", str, None, "folder of --dataset folder / oxford-pets (checked once, before any run)"),
         ("num-classes", int, None, "class count (synthetic: 2..6; folder: inferred)"),
         ("head", str, HEADS, "decoder arm of the segmenter (see sapa.lab.models)"),
@@ -725,8 +750,9 @@ def main(argv=None) -> int:
             cfg = resolve_config(dict(overrides, upsampler=conf["upsampler"],
                                       upsampler_options=dict(per_upsampler.get(conf["upsampler"], {}),
                                                              **conf["options"])))
-        if cfg.dataset not in ("synthetic", "textures"):  # a bad --data-root fails here, once
-            from .data import make_dataset
+        from .data import PROCEDURAL_DATASETS, make_dataset
+
+        if cfg.dataset not in PROCEDURAL_DATASETS:  # a bad --data-root fails here, once
 
             for split in ("train", "val"):
                 make_dataset(cfg.dataset, split=split, root=cfg.data_root, size=cfg.size, num_samples=1,

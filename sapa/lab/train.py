@@ -184,7 +184,7 @@ def resolve_config(config, custom_data: bool = False) -> TrainConfig:
         cfg.dataset = "custom"
     elif cfg.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.dataset!r} (--dataset); expected one of {DATASETS}")
-    elif cfg.dataset not in ("synthetic", "textures") and not cfg.data_root:
+    elif cfg.dataset not in data_module.PROCEDURAL_DATASETS and not cfg.data_root:
         raise ValueError(f"--dataset {cfg.dataset} needs --data-root PATH")
     if cfg.head not in HEADS:
         raise ValueError(f"unknown head {cfg.head!r} (--head); expected one of {HEADS}")
