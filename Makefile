@@ -67,7 +67,7 @@ book-screenshots: $(STAMP) browser
 # (Ctrl-C records the invocation in the JSON beside the CSV); finished stages end at once. On
 # 2026-12-07 main and mechanism were complete; SAPA-D and table6 remained (about 2 h on two idle cores).
 stored-results: $(STAMP)
-	for name in main mechanism main+sapa-d table6; do \
+	for name in main mechanism main+sapa-d table6 statistics; do \
 	  cmd=$$($(PY) -m sapa.lab.sweep --print-commands | sed -n "s/^$$name: python //p"); \
 	  echo "$$name: python $$cmd"; $(PY) $$cmd || exit $$?; \
 	done

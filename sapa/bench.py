@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends import available_backends
+from ._peak import allocator_peak as _allocator_peak
 from .functional import sapa_upsample
 
 __all__ = ["materialised", "run_case", "run", "format_table", "machine_floor", "floor_seconds", "main", "BASELINE",
@@ -101,23 +102,6 @@ def _step(method, q, k, v, K, grad):
         for t in (q, k, v):
             t.grad = None
     return out
-
-
-def _allocator_peak(fn) -> int:
-    """Peak bytes of torch's CPU allocator during ``fn()`` above what was allocated before it,
-    from the profiler's memory events (every allocation, kernels' scratch included; exact and
-    repeatable, unlike the resident set on a busy machine)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    cur = peak = 0
-    for e in events:
-        cur += e.nbytes()
-        peak = max(peak, cur)
-    return peak
 
 
 def _peak_bytes(method, q, k, v, K, grad, cuda: bool) -> int:

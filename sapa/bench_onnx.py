@@ -30,6 +30,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from ._peak import allocator_peak
 from .functional import sapa_upsample
 
 __all__ = ["EXPORTERS", "export_op", "graph_peak_bytes", "run_onnx", "format_onnx_table"]
@@ -124,14 +125,12 @@ def graph_peak_bytes(model: bytes) -> int:
 
 
 def _eager_peak(q, k, v, K) -> int:
-    from .bench import _allocator_peak
-
     def call():
         with torch.no_grad():
             sapa_upsample(q, k, v, K)
 
     call()
-    return _allocator_peak(call)
+    return allocator_peak(call)
 
 
 def _summary(xs: List[float]) -> Dict[str, float]:

@@ -2,7 +2,9 @@
 
 Its modules (``pip install sapa[book]`` brings numpy, tqdm, matplotlib and safetensors):
 
-* :mod:`sapa.lab.data`: the procedural textures task, folder and Oxford-Pet datasets;
+* :mod:`sapa.lab.data`: the procedural textures and texture-statistics (weak-guide) tasks, folder
+  and Oxford-Pet datasets;
+* :mod:`sapa.lab.probes`: per-pixel linear probes of encoder features, ``python -m sapa.lab.probes``;
 * :mod:`sapa.lab.models`: the small segmenter (U-Net or SegFormer-like head) with any upsampler;
 * :mod:`sapa.lab.train`: training (resumable, DDP-ready), ``python -m sapa.lab.train``;
 * :mod:`sapa.lab.sweep`: the stored comparisons, ``python -m sapa.lab.sweep --print-commands``;
@@ -20,7 +22,7 @@ Submodules are imported on first attribute access (``sapa.lab.stats.paired_diffe
 import importlib
 
 _SUBMODULES = ("data", "models", "train", "sweep", "mechanism", "hf", "steps", "comparison", "ablations", "metrics",
-               "stats", "results",
+               "stats", "results", "probes",
                "checkpoint", "plotting", "profiles")
 
 

@@ -12,6 +12,9 @@ downloaded (and why); :func:`unavailable_sentence` words that for a reader:
   parameter-matched control, five seeds, the stored task ``sapa.lab.sweep.STORED_TASK``);
 * ``table6.csv`` (chapter 8): the ablations of the paper's Table 6 and the padding;
 * ``mechanism.csv`` (chapter 7): the controlled experiment of :mod:`sapa.lab.mechanism`;
+* ``statistics.csv`` ("When does similarity help?"): the weak-guide task's comparison
+  (:class:`sapa.lab.data.TextureStatistics`), and ``probes.json``, the linear probes of
+  :mod:`sapa.lab.probes` that measure how weak its high-resolution guide is;
 * the JSON beside each CSV (every invocation's ``command``, ``seconds``, ``date``,
   ``machine``); ``python -m sapa.lab.sweep --print-commands`` prints the commands;
 * a few trained models exported from the sweep's run folders:
