@@ -62,10 +62,13 @@ book-screenshots: $(STAMP) browser
 	SAPA_BOOK_PREBUILT=1 $(PY) -m pytest -q tests/test_book.py -k "browser or screenshots"
 
 # The book's stored results (book/results: main.csv, mechanism.csv, SAPA-D's rows in main.csv,
-# table6.csv), in that order, each with the command `python -m sapa.lab.sweep --print-commands` prints.
-# Every command is append-only and resumable: rerun this target to continue after an interruption
-# (Ctrl-C records the invocation in the JSON beside the CSV); finished stages end at once. On
-# 2026-12-07 main and mechanism were complete; SAPA-D and table6 remained (about 2 h on two idle cores).
+# table6.csv, then statistics.csv: the weak-guide task of issue 27), in that order, each with the
+# command `python -m sapa.lab.sweep --print-commands` prints. Every command is append-only and
+# resumable: rerun this target to continue after an interruption (Ctrl-C records the invocation in
+# the JSON beside the CSV); finished stages end at once. Status 2026-12-07 (session 5): main and
+# mechanism complete, SAPA-D seeds 0-1 stored (seed 2 running), table6 started (70 runs of about
+# 5-6 min each on an idle core: about 3 h on two workers), statistics not started (its --estimate:
+# about 2.1 h on two workers).
 stored-results: $(STAMP)
 	for name in main mechanism main+sapa-d table6 statistics; do \
 	  cmd=$$($(PY) -m sapa.lab.sweep --print-commands | sed -n "s/^$$name: python //p"); \
