@@ -25,7 +25,6 @@ is unknown), and exposes ``num_classes``, ``class_names`` and ``ignore_index``.
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -307,6 +306,18 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.asarray(rgb, np.float32)
 
 
+def _check_procedural(cls_name: str, num_samples, num_classes, class_names: Sequence[str], split, seed) -> None:
+    """Arguments shared by the procedural datasets; ValueError naming the argument."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+        raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not (2 <= num_classes <= len(class_names)):
+        raise ValueError(f"num_classes must be an int in [2, {len(class_names)}] for {cls_name}, got {num_classes!r}")
+    if split not in _SPLIT_IDS:
+        raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_IDS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+
+
 class TexturedRegions(Dataset):
     """Procedural segmentation where every error left is a boundary error.
 
@@ -358,20 +369,8 @@ class TexturedRegions(Dataset):
         max_thin: int = 3,
         noise: float = 0.06,
     ):
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-            raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
+        _check_procedural("TexturedRegions", num_samples, num_classes, TEXTURE_CLASSES, split, seed)
         self.size = _hw(size)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not (
-            2 <= num_classes <= len(TEXTURE_CLASSES)
-        ):
-            raise ValueError(
-                f"num_classes must be an int in [2, {len(TEXTURE_CLASSES)}] for TexturedRegions, "
-                f"got {num_classes!r}"
-            )
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_IDS)}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if max_objects < 1 or max_thin < 0:
             raise ValueError(f"need max_objects >= 1 and max_thin >= 0, got {max_objects}, {max_thin}")
         if not (isinstance(noise, (int, float)) and noise >= 0):
@@ -565,20 +564,8 @@ class TextureStatistics(Dataset):
         max_small: int = 3,
         noise: Union[float, Tuple[float, float]] = (0.1, 0.2),
     ):
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-            raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
+        _check_procedural("TextureStatistics", num_samples, num_classes, STATISTICS_CLASSES, split, seed)
         self.size = _hw(size)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not (
-            2 <= num_classes <= len(STATISTICS_CLASSES)
-        ):
-            raise ValueError(
-                f"num_classes must be an int in [2, {len(STATISTICS_CLASSES)}] for TextureStatistics, "
-                f"got {num_classes!r}"
-            )
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_IDS)}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         for name, value, low in (("max_objects", max_objects, 1), ("max_bands", max_bands, 0),
                                  ("max_small", max_small, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

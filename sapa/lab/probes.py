@@ -356,17 +356,6 @@ def format_table(table: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(obj):
-    """NaN and infinities as None (strict JSON), recursively."""
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _stage_arg(text: str):
     if text == "image":
         return text
@@ -439,15 +428,17 @@ def main(argv=None) -> int:
     print(format_table(table))
     if a.out is not None:
         from .checkpoint import atomic_write
+        from .train import _json_safe as json_safe
 
         record = dict(command="python -m sapa.lab.probes " + " ".join(argv), seconds=seconds,
                       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       machine=f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-                              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+                              f"torch {torch.__version__}, {torch.get_num_threads()} "
+                              f"thread{'s' if torch.get_num_threads() != 1 else ''}",
                       settings=dict(seed=a.seed, train_overrides=overrides, train_images=a.train_images,
                                     test_images=a.test_images, pixels=a.pixels, steps=a.steps, lr=a.lr),
                       **table)
-        text = json.dumps(_json_safe(record), indent=1, default=str)
+        text = json.dumps(json_safe(record), indent=1, default=str)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(a.out, lambda f: f.write(text.encode()))
         print(f"wrote {a.out} ({seconds} s)", file=sys.stderr)
