@@ -12,6 +12,7 @@ Its modules (``pip install sapa[book]`` brings numpy, tqdm, matplotlib and safet
 * :mod:`sapa.lab.hf`: the trained SegFormer toy experiment of chapter 9;
 * :mod:`sapa.lab.steps`: training steps of the book's model per upsampler, ``python -m sapa.lab.steps``;
 * :mod:`sapa.lab.comparison`, :mod:`sapa.lab.ablations`: the analyses of chapters 6 and 8 (and the preface);
+* :mod:`sapa.lab.weak_guide`: the textures and weak-guide tasks compared, the prediction judged;
 * :mod:`sapa.lab.metrics`, :mod:`sapa.lab.stats`: segmentation metrics, paired intervals, Holm;
 * :mod:`sapa.lab.results`, :mod:`sapa.lab.checkpoint`: the stored results and models, training
   checkpoints (loading never runs code);
@@ -22,7 +23,7 @@ Submodules are imported on first attribute access (``sapa.lab.stats.paired_diffe
 import importlib
 
 _SUBMODULES = ("data", "models", "train", "sweep", "mechanism", "hf", "steps", "comparison", "ablations", "metrics",
-               "stats", "results", "probes",
+               "stats", "results", "probes", "weak_guide",
                "checkpoint", "plotting", "profiles")
 
 

@@ -14,7 +14,8 @@ objects; matplotlib is imported only when a figure is drawn.
   and interval, Holm's verdict; :func:`seed_lines_plot` the scores of each seed joined across
   settings; :func:`curve_plot` validation curves of a sweep's ``curve`` column
 * :func:`show_map` a scalar map with its colour bar; :func:`mechanism_plot` the mechanism
-  experiment's scores against the noise level, one point per seed
+  experiment's scores against the noise level, one point per seed; :func:`task_difference_plot`
+  the paired differences to bilinear of two tasks side by side (:mod:`sapa.lab.weak_guide`)
 * :func:`use_book_style` the one figure style of the book (>= 10 pt text, SVG output)
 * :func:`glue`, :func:`show_table` numbers and tables quoted by the book's prose
 * :func:`draw_sapa_pipeline`, :func:`draw_window_gather`, :func:`draw_triton_tiling` diagrams
@@ -40,6 +41,8 @@ __all__ = [
     "curve_plot",
     "show_map",
     "mechanism_plot",
+    "task_difference_plot",
+    "TASK_TITLES",
     "DISPLAY_NAMES",
     "SEED_COLOURS",
     "BOOK_WIDTH",
@@ -793,6 +796,103 @@ def mechanism_plot(rows: Sequence[Dict], upsamplers: Sequence[str], metric: str,
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     return ax
+
+
+#: panel titles of :func:`task_difference_plot` (the task names of :mod:`sapa.lab.weak_guide`)
+TASK_TITLES = {"textures": "textures", "statistics": "weak guide"}
+
+
+def task_difference_plot(entries: Sequence[Dict], tasks: Sequence[str] = ("textures", "statistics"),
+                         names: Optional[Dict[str, str]] = None, titles: Optional[Dict[str, str]] = None,
+                         scale: float = 100.0, xlabel: Optional[str] = None, width: float = 6.0):
+    """The paired difference to the baseline of every upsampler on each task, side by side.
+
+    Args:
+        entries: :func:`sapa.lab.weak_guide.compare_tasks` entries (each with ``task``,
+            ``upsampler``, ``seeds``, ``values``, ``baseline_values`` and the
+            :func:`sapa.lab.stats.paired_differences` fields).
+        tasks: one panel per task, left to right; a task without entries gets a panel that
+            says so.
+        names: display name of each upsampler (default :data:`DISPLAY_NAMES`).
+        titles: panel titles by task (default :data:`TASK_TITLES`).
+        scale: multiply the differences (100: percentage points).
+        xlabel: the shared x label (default ``"Δ mIoU vs Bilinear (points)"``).
+        width: figure width in inches (at most :data:`BOOK_WIDTH`: its 10 pt text stays legible
+            on a phone).
+
+    Each panel is :func:`paired_difference_plot`: one dot per seed, the mean as a diamond
+    (filled when it survives Holm's correction over the task's family) with its 95 % t
+    interval; the panels share both axes (upsamplers in the entries' order, one x scale, so a
+    gain on one task can be read against the other), the seed legend sits above them and the
+    x label below.
+
+    Returns:
+        the Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    entries = list(entries)
+    tasks = list(tasks)
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks must name one panel per task, each once, got {tasks!r}")
+    need = {"task", "upsampler", "setting", "seeds", "values", "baseline_values", "mean", "ci_low", "ci_high",
+            "baseline", "metric"}
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or not need <= e.keys():
+            raise ValueError(f"entries[{i}] is not an entry of sapa.lab.weak_guide.compare_tasks")
+    if not 0 < width <= BOOK_WIDTH:
+        raise ValueError(f"width must lie in (0, {BOOK_WIDTH}] inches, got {width!r}")
+    names = DISPLAY_NAMES if names is None else names
+    titles = {**TASK_TITLES, **(titles or {})}
+    by = {t: [e for e in entries if e["task"] == t] for t in tasks}
+    order = next((v for v in by.values() if v), [])
+    ups = [e["upsampler"] for e in order]
+    for t, es in by.items():
+        if es and [e["upsampler"] for e in es] != ups:
+            raise ValueError(f"entries of task {t!r} compare other upsamplers than the first panel's: pass one "
+                             "compare_tasks output")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(width, 0.27 * max(len(ups), 3) + 1.9), sharex=True,
+                             sharey=True, layout="constrained", squeeze=False)
+    axes = list(axes[0])
+    handles: Dict[str, object] = {}
+    drawn = []
+    for ax, t in zip(axes, tasks):
+        ax.set_title(titles.get(t, t))
+        es = by[t]
+        if not es:
+            ax.text(0.5, 0.5, "no paired\nseeds yet", transform=ax.transAxes, ha="center", va="center",
+                    color="grey")
+            continue
+        metric, base = es[0]["metric"], es[0]["baseline"]
+        rows = []
+        for e in es:
+            rows += [{"setting": e["upsampler"], "seed": k, metric: v} for k, v in zip(e["seeds"], e["values"])]
+        rows += [{"setting": base, "seed": k, metric: v} for k, v in zip(es[0]["seeds"], es[0]["baseline_values"])]
+        paired_difference_plot(es, rows, metric, ax=ax, scale=scale, names=names, xlabel="")
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+        drawn.append(ax.get_xlim())  # the axes are shared: the next panel resets them
+    if drawn:
+        lo, hi = min(a for a, _ in drawn), max(b for _, b in drawn)
+        axes[0].set_xlim(lo, hi)
+        axes[0].set_ylim(-0.7, len(ups) - 0.3)
+        axes[0].set_yticks(range(len(ups)))
+        axes[0].set_yticklabels([names.get(u, u) for u in reversed(ups)])
+        metric, base = order[0]["metric"], order[0]["baseline"]
+        label = xlabel if xlabel is not None else (
+            f"Δ {'mIoU' if metric == 'miou' else metric} vs {names.get(base, base)}"
+            + (" (points)" if scale == 100.0 else ""))
+        fig.supxlabel(label, fontsize=plt.rcParams["axes.labelsize"])
+    else:
+        axes[0].set_yticks([])
+        for ax in axes:
+            ax.set_xticks([])
+    for ax in axes[1:]:
+        ax.tick_params(labelleft=False)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), frameon=False, ncol=min(len(handles), 5),
+                   loc="outside upper center")
+    return fig
 
 
 # --------------------------------------------------------------------------------------
