@@ -1,11 +1,13 @@
 """Input validation shared by the operator, the module and the upsamplers.
 
 Every check runs before any heavy work and raises ``ValueError``/``TypeError`` that
-names the argument and the shapes (or values) it saw.
+names the argument and the shapes (or values) it saw. :func:`in_onnx_export` tells the
+code paths that write ONNX-friendly graphs when an ONNX exporter is tracing.
 """
 from __future__ import annotations
 
 import operator
+import sys
 from typing import Iterable, Sequence, Tuple
 
 import torch
@@ -123,3 +125,9 @@ def check_qkv(query, key, value) -> None:
         raise ValueError(
             f"query, key and value must be on one device, got {query.device}, {key.device}, {value.device}"
         )
+
+
+def in_onnx_export() -> bool:
+    """True while ``torch.onnx.export`` (either exporter) traces; never imports torch.onnx."""
+    onnx = sys.modules.get("torch.onnx")  # not imported: no export can be running
+    return onnx is not None and onnx.is_in_onnx_export()

@@ -19,11 +19,10 @@ This module validates the arguments and dispatches to a backend (``sapa.backends
 """
 from __future__ import annotations
 
-import sys
 
 import torch
 
-from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_qkv, check_tensor
+from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_qkv, check_tensor, in_onnx_export
 from . import library as _library  # noqa: F401  (registers the sapa:: ops)
 from .backends import get_backend, has_backward, resolve_backend_name
 from .backends.reference import reference_weights
@@ -99,7 +98,7 @@ def sapa_upsample(
     check_choice("padding", padding, PADDINGS)
     name = resolve_backend_name(backend, query.device.type, query.dtype)
     plain = not torch.compiler.is_compiling() and _plain_eager(query, key, value)
-    if not plain and _in_onnx_export():  # the exporters trace: never plain eager
+    if not plain and in_onnx_export():  # the exporters trace: never plain eager
         # the exporters get standard ops (per-pixel MatMuls of K gathered shifts), not the opaque op
         out = export_upsample(query, key, value, kernel_size, normalization, padding)
     elif has_backward(name):
@@ -165,11 +164,6 @@ def _plain_eager(*tensors: torch.Tensor) -> bool:
                 or torch._is_functional_tensor(t):
             return False
     return True
-
-
-def _in_onnx_export() -> bool:
-    onnx = sys.modules.get("torch.onnx")  # not imported: no export can be running
-    return onnx is not None and onnx.is_in_onnx_export()
 
 
 def _under_functorch(*tensors: torch.Tensor) -> bool:

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_tensor
+from ._checks import NORMALIZATIONS, PADDINGS, check_choice, check_kernel_size, check_tensor, in_onnx_export
 from ._checks import check_positive_int as _positive_int
 from .backends import check_backend_name
 from .functional import sapa_kernels, sapa_upsample
@@ -27,6 +27,9 @@ def _project(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     One (C_out, C_in) @ (C_in, H W) matmul per image: x's pixels are read in place whether x
     is stored NCHW or channels-last (the LayerNorm's output), and the result is already in the
     layout the backends read (no copy before the kernel, none of its gradient after)."""
+    if in_onnx_export():  # one Conv node: the TorchScript exporter writes the flatten below as a
+        # Reshape to (0, C, -1), which ONNX Runtime cannot resolve for an empty batch
+        return F.conv2d(x, linear.weight[:, :, None, None], linear.bias)
     B, C, H, W = x.shape
     xt = x.flatten(2)  # (B, C_in, H W): a view for both layouts
     w = linear.weight.expand(B, -1, -1)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 
-from ._checks import check_size
+from ._checks import check_size, in_onnx_export
 
 __all__ = ["window_centres", "nearest_upsample_to", "max_per_centre"]
 
@@ -48,6 +49,9 @@ def nearest_upsample_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     # would guard dynamic shapes and recompile; the gather below is one graph for every size)
     if not torch.compiler.is_compiling() and H > 0 and W > 0 and size[0] % H == 0 and size[1] % W == 0:
         sh, sw = size[0] // H, size[1] // W
+        if in_onnx_export():  # one Resize node: the views below export as Reshapes to (0, C, H, -1),
+            # which ONNX Runtime cannot resolve for an empty batch (integer scales: exact)
+            return F.interpolate(x, scale_factor=(float(sh), float(sw)), mode="nearest")
         # stacked copies, not expand + reshape: the same values, and the backward is sh + sw
         # vectorised adds of slices (the reduction of the expanded dims was 5x slower on a CPU)
         if sw > 1:

@@ -425,3 +425,46 @@ def test_exported_program_exports_to_onnx():
         model = torch.onnx.export(ep.run_decompositions(sapa.library.DECOMPOSITIONS),
                                   dynamo=True).model_proto.SerializeToString()
     torch.testing.assert_close(_run_onnx(model, x2, y2), m(x2, y2), atol=1e-4, rtol=1e-4)
+
+
+def _export_module(m, x, y, dynamo):
+    onnx = pytest.importorskip("onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            pytest.importorskip("onnxscript")
+            b, h, w = torch.export.Dim("B"), torch.export.Dim("H", min=2), torch.export.Dim("W", min=2)
+            shapes = ({0: b, 2: h, 3: w}, {0: b, 2: 2 * h, 3: 2 * w})
+            return torch.onnx.export(m, (x, y), dynamo=True, dynamic_shapes=shapes).model_proto
+        f = io.BytesIO()
+        torch.onnx.export(m, (x, y), f, dynamo=False, opset_version=17, input_names=["x", "y"],
+                          dynamic_axes={"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B", 2: "Hy", 3: "Wy"}})
+        return onnx.load_from_string(f.getvalue())
+
+
+def _check_module_onnx(variant, dynamo):
+    """The whole module (LayerNorms, projections, gate, the operator) exported once runs at other
+    batch sizes (also 0) and map sizes: every reshape of the graph must name its sizes."""
+    ort = pytest.importorskip("onnxruntime")
+    Cy = 16 if variant == "I" else 8
+    m = sapa.SAPA(16, Cy, variant=variant, kernel_size=5).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    model = _export_module(m, torch.randn(2, 16, 6, 7), torch.randn(2, Cy, 12, 14), dynamo)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    for B, H, W in ((3, 9, 5), (0, 4, 4), (1, 16, 16)):
+        x, y = torch.randn(B, 16, H, W), torch.randn(B, Cy, 2 * H, 2 * W)
+        out = sess.run(None, dict(zip(names, (x.numpy(), y.numpy()))))[0]
+        torch.testing.assert_close(torch.from_numpy(out), m(x, y), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["I", "B", "P", "G"])
+def test_module_onnx_any_batch_and_map_size(variant):
+    _check_module_onnx(variant, dynamo=False)
+
+
+@pytest.mark.slow  # the dynamo ONNX exporter (~15 s): `make test-fast` skips it
+def test_module_onnx_dynamo_any_batch_and_map_size():
+    _check_module_onnx("G", dynamo=True)
