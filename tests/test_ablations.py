@@ -62,6 +62,18 @@ def test_no_rows_gives_one_paragraph_with_the_command():
     assert "(s)" not in text and "n/a" not in text
 
 
+def test_runs_without_a_complete_seed_say_so():
+    """A partly run sweep (a few settings of seed 0, as the stored file fills up): every group
+    still waits, and the paragraph says why nothing is shown."""
+    rows = [r for r in fake_rows(seeds=(0,)) if r["setting"] in ("relu", "3", "16")]
+    res = A.analyse(rows)
+    assert all(not G["rows"] and G["results"] is None for G in res.values())
+    assert sum(G["runs"] for G in res.values()) == len(rows)
+    text = A.status_paragraph(res, "The stored `table6.csv` holds 3 runs of the stored settings.")
+    assert "No group has a complete seed yet" in text and text.endswith("a group has two.")
+    assert "No group" not in A.status_paragraph(A.analyse(None), "x.")
+
+
 def test_within_group_paired_differences_and_holm_family():
     rows = fake_rows()
     res = A.analyse(rows)

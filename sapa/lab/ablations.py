@@ -104,7 +104,7 @@ def analyse(rows: Optional[Sequence[Dict]], name: str = "table6", metrics: Seque
     Returns:
         ``{group: dict}`` in the grid's order, each with ``settings`` (the grid's), ``default``,
         ``seeds`` (the seeds every setting of the group has, sorted), ``rows`` (the group's
-        rows of those seeds) and ``results``: ``None`` with fewer than two complete seeds, else
+        rows of those seeds), ``runs`` (how many rows the group has, complete seeds or not) and ``results``: ``None`` with fewer than two complete seeds, else
         ``{metric: [paired_differences result per non-default setting]}``. Holm's family is
         the group's non-default settings (one family per group and metric).
 
@@ -123,6 +123,7 @@ def analyse(rows: Optional[Sequence[Dict]], name: str = "table6", metrics: Seque
     out: Dict[str, Dict] = {}
     for g, settings in grid.items():
         mine = [r for r in rows if r["group"] == g and r["setting"] in settings]
+        runs = len(mine)
         seeds = complete_seeds(mine, settings)
         mine = [r for r in mine if r["seed"] in seeds]
         res = None
@@ -131,7 +132,7 @@ def analyse(rows: Optional[Sequence[Dict]], name: str = "table6", metrics: Seque
             res = {m: paired_differences(mine, m, baseline=defaults[g], settings=others, alpha=alpha)
                    for m in metrics}
         out[g] = dict(group=g, settings=list(settings), default=defaults[g], seeds=seeds, rows=mine,
-                      results=res)
+                      runs=runs, results=res)
     return out
 
 
@@ -197,10 +198,14 @@ def status_paragraph(analysed: Dict[str, Dict], load_status: str) -> str:
         raise ValueError("analysed must be the non-empty dict that analyse() returns")
     names = ", ".join(GROUP_NAMES.get(g, g) for g in analysed)
     if not any(G["rows"] for G in analysed.values()):
-        return ("This section compares, within each group of the sweep (" + names + "), every setting "
+        text = ("This section compares, within each group of the sweep (" + names + "), every setting "
                 "with SAPA-B's default: per-seed paired differences with 95 % t intervals, Holm's "
                 "correction over the group's other settings, a table per group, one figure of all the groups, and a "
                 "verdict per setting set against the paper's Table 6. " + load_status.strip())
+        if any(G.get("runs") for G in analysed.values()):
+            text += (" No group has a complete seed yet (a seed counts once every setting of the group has "
+                     "it), so the tables, the figure and the verdicts appear once a group has two.")
+        return text
     per = "; ".join(f"{GROUP_NAMES.get(g, g)}: {len(G['seeds'])}" for g, G in analysed.items())
     text = (load_status.strip() + " Complete seeds per group (a seed counts once every setting of the "
             "group has it): " + per + ".")
