@@ -318,7 +318,40 @@ def _check_procedural(cls_name: str, num_samples, num_classes, class_names: Sequ
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
 
 
-class TexturedRegions(Dataset):
+def _stroke(path: np.ndarray, w: float, r: int, H: int, W: int) -> np.ndarray:
+    """(H, W) bool mask of the pixels whose centre lies within w/2 of a point of ``path`` ((P, 2)
+    [y, x] points), searched among the (2r+1)^2 pixels around each point's rounded position."""
+    off = np.stack(np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij"), -1).reshape(1, -1, 2)
+    cand = np.round(path)[:, None, :].astype(np.int64) + off  # (P, (2r+1)^2, 2) pixel centres near the path
+    near = ((cand - path[:, None, :]) ** 2).sum(-1) <= (w / 2) ** 2
+    cand = cand[near]
+    cand = cand[(cand[:, 0] >= 0) & (cand[:, 0] < H) & (cand[:, 1] >= 0) & (cand[:, 1] < W)]
+    out = np.zeros((H, W), bool)
+    out[cand[:, 0], cand[:, 1]] = True
+    return out
+
+
+class _Procedural(Dataset):
+    """Epochs, length and items shared by the procedural datasets: a subclass sets
+    ``num_samples`` and ``epoch`` and implements ``render(i) -> (image, mask)`` as numpy arrays."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the training samples of ``epoch`` (no effect on "val"/"test")."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, i: int):
+        if not -self.num_samples <= i < self.num_samples:
+            raise IndexError(f"index {i} out of range for a dataset of {self.num_samples} samples")
+        img, mask = self.render(i % self.num_samples)
+        return torch.from_numpy(img), torch.from_numpy(mask)
+
+
+class TexturedRegions(_Procedural):
     """Procedural segmentation where every error left is a boundary error.
 
     Each class is a *hue family* that a few pixels identify, so recognising a region is a
@@ -382,21 +415,6 @@ class TexturedRegions(Dataset):
         H, W = self.size
         self.yy, self.xx = np.mgrid[0:H, 0:W].astype(np.float32)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draw the training samples of ``epoch`` (no effect on "val"/"test")."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, i: int):
-        if not -self.num_samples <= i < self.num_samples:
-            raise IndexError(f"index {i} out of range for a dataset of {self.num_samples} samples")
-        img, mask = self.render(i % self.num_samples)
-        return torch.from_numpy(img), torch.from_numpy(mask)
-
     def _texture(self, rng: np.random.Generator) -> np.ndarray:
         """(H, W) float32 pattern in [0, 1]: smooth noise, checkerboard, dots or stripes."""
         H, W = self.size
@@ -449,14 +467,7 @@ class TexturedRegions(Dataset):
         t = np.linspace(0, 1, max(2, int(4 * length)))[:, None]
         path = (1 - t) ** 2 * pts[0] + 2 * t * (1 - t) * pts[1] + t * t * pts[2]  # (P, 2)
         w = rng.uniform(1.0, 2.0)
-        off = np.stack(np.meshgrid(np.arange(-1, 2), np.arange(-1, 2), indexing="ij"), -1).reshape(1, 9, 2)
-        cand = np.round(path)[:, None, :].astype(np.int64) + off  # (P, 9, 2) pixel centres near the path
-        near = ((cand - path[:, None, :]) ** 2).sum(-1) <= (w / 2) ** 2
-        cand = cand[near]
-        cand = cand[(cand[:, 0] >= 0) & (cand[:, 0] < H) & (cand[:, 1] >= 0) & (cand[:, 1] < W)]
-        out = np.zeros((H, W), bool)
-        out[cand[:, 0], cand[:, 1]] = True
-        return out
+        return _stroke(path, w, 1, H, W)
 
     def render(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` (of the current epoch for "train") as image (3, H, W) float32, mask (H, W) int64."""
@@ -485,7 +496,7 @@ class TexturedRegions(Dataset):
         return img, mask
 
 
-class TextureStatistics(Dataset):
+class TextureStatistics(_Procedural):
     """Procedural segmentation whose classes only texture statistics over an area tell apart.
 
     The counterpart of :class:`TexturedRegions`, where a 3 x 3 patch names the class: here
@@ -593,21 +604,6 @@ class TextureStatistics(Dataset):
             self._log2_freq = np.log2(np.sqrt(fx * fx + fy * fy))  # -inf at DC
         self._angle = np.arctan2(fy, fx)  # (H, W // 2 + 1), radians
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draw the training samples of ``epoch`` (no effect on "val"/"test")."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, i: int):
-        if not -self.num_samples <= i < self.num_samples:
-            raise IndexError(f"index {i} out of range for a dataset of {self.num_samples} samples")
-        img, mask = self.render(i % self.num_samples)
-        return torch.from_numpy(img), torch.from_numpy(mask)
-
     def _field(self, rng: np.random.Generator, cls: int, period: float) -> np.ndarray:
         """(H, W) float32 random-phase field of class ``cls``: mean 0, variance 1."""
         H, W = self.size
@@ -648,15 +644,7 @@ class TextureStatistics(Dataset):
         t = np.linspace(0, 1, max(2, int(length)))[:, None]
         path = (1 - t) ** 2 * pts[0] + 2 * t * (1 - t) * pts[1] + t * t * pts[2]  # (P, 2)
         path = path[(path[:, 0] > -w) & (path[:, 0] < H + w) & (path[:, 1] > -w) & (path[:, 1] < W + w)]
-        r = int(math.ceil(w / 2 + 0.75))
-        off = np.stack(np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij"), -1).reshape(1, -1, 2)
-        cand = np.round(path)[:, None, :].astype(np.int64) + off  # (P, (2r+1)^2, 2)
-        near = ((cand - path[:, None, :]) ** 2).sum(-1) <= (w / 2) ** 2
-        cand = cand[near]
-        cand = cand[(cand[:, 0] >= 0) & (cand[:, 0] < H) & (cand[:, 1] >= 0) & (cand[:, 1] < W)]
-        out = np.zeros((H, W), bool)
-        out[cand[:, 0], cand[:, 1]] = True
-        return out
+        return _stroke(path, w, int(math.ceil(w / 2 + 0.75)), H, W)
 
     def render(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` (of the current epoch for "train") as image (3, H, W) float32, mask (H, W) int64."""
