@@ -49,8 +49,12 @@ __all__ = ["forward", "backward", "available", "auto", "load_extension", "build_
 #: the C++ source, shipped as package data
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "sapa_cpu.cpp"
 #: compiler flags (the kernels rely on GCC/Clang vector extensions; -march=native since the
-#: build happens on the machine that runs it, and the CPU's flags are part of the cache key)
-CFLAGS = ("-O3", "-march=native")
+#: build happens on the machine that runs it, and the CPU's flags are part of the cache key).
+#: -fopenmp: ``at::parallel_for`` is a header template that runs serially unless the extension
+#: itself is compiled with OpenMP (without it the kernels ignored ``torch.set_num_threads``:
+#: 2 threads were no faster than 1); its regions then use PyTorch's OpenMP runtime and thread count
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 
 _NORM_CODE = {"softmax": 0, "relu": 1, "sigmoid": 2, "softplus": 3, "none": 4}
 _DTYPES = (torch.float32, torch.float64)
@@ -145,7 +149,7 @@ def load_extension(announce: bool = True):
                 print("sapa: building the C++ CPU kernel (first use only, about a minute;\n"
                       "      `python -m sapa.build` does it ahead of time) ...", file=sys.stderr, flush=True)
             _ext = cpp_extension.load(name=_module_name(), sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
-                                      verbose=False)
+                                      extra_ldflags=list(LDFLAGS), verbose=False)
         except Exception as exc:  # no compiler, no ninja, compile error: fall back
             _error = _first_line(exc)
             warnings.warn(
