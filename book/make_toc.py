@@ -24,6 +24,7 @@ CHAPTERS = [
     "notebooks/07_mechanism.md",
     "notebooks/08_ablations.md",
     "notebooks/09_segformer.md",
+    "notebooks/10_when_similarity_helps.md",
 ]
 BACK_MATTER = ["book/bibliography.md"]
 

@@ -151,3 +151,16 @@ def test_statistics_task_pixels_are_weak_for_a_probe(one_thread):
 
     r = probes.linear_probe(Identity(), ds, "image", train_images=12, test_images=12, pixels=4000, steps=100)
     assert r["pixel_acc"] < r["majority_acc"] + 0.02 and r["miou"] < 0.2, r
+
+
+def test_stored_command_is_the_one_that_wrote_the_stored_probes():
+    import json
+    from pathlib import Path
+
+    from sapa.lab import probes
+
+    stored = Path(__file__).resolve().parent.parent / "book" / "results" / "probes.json"
+    assert json.loads(stored.read_text())["command"] == probes.STORED_COMMAND
+    # and the command parses (every flag is one of the CLI's)
+    args = probes.build_parser().parse_args(probes.STORED_COMMAND.split()[3:])
+    assert args.out == "book/results/probes.json"

@@ -354,6 +354,98 @@ def test_tables_and_sentences_have_no_template_text(make):
     assert "the precondition (the probes) is not checked; the numbers alone:" in wg.format_check(untested[0])
 
 
+# ---------------------------------------------------------------- the reading and the preface
+def _outcome(make, ratios, probes=PROBES_OK):
+    result = wg.compare_tasks(make("textures", TEXTURES), make("statistics", ratios))
+    checks = wg.prediction_checks(result, probes)
+    text = wg.reading(result, checks, wg.refutation_check(result, probes), wg.probe_precondition(probes))
+    return result, checks, text
+
+
+def test_reading_follows_the_outcome(make):
+    result, checks, text = _outcome(make, HOLDS)
+    assert "holds: 6 (1, 2, 3, 4, 5, 6); fails: none; unresolved: none" in text
+    assert "Of the guided upsamplers, SAPA-G keeps a resolved gain" in text
+    assert "SAPA-B, FADE and IndexNet-M2O do not" in text
+    assert "is not made" in text
+    claim = wg.claim(result, checks, "CMD")
+    assert "**supported**" in claim and "6 of its 6 statements hold" in claim
+    assert "still higher than bilinear on the weak-guide task after Holm's correction: SAPA-G;" in claim
+
+    result, checks, text = _outcome(make, FAILS)
+    assert "holds: none; fails: 6 (1, 2, 3, 4, 5, 6)" in text
+    assert "Every guided upsampler (SAPA-B, SAPA-G, FADE and IndexNet-M2O) keeps a resolved gain" in text
+    assert "refuting the mechanism" in text and "is made: the gain would then come" in text
+    assert "**contradicted**" in wg.claim(result, checks, "CMD")
+
+    # the guided ones lose every resolved gain; their intervals reach below 0.6 (UNRESOLVED): no
+    # claim that the gain itself is gone
+    _, _, text = _outcome(make, UNRESOLVED)
+    assert "No guided upsampler (SAPA-B" in text and "the seeds cannot tell how much of the gain is left" in text
+    assert "as the mechanism predicts" not in text
+    # ... all of them at bilinear's level with tight intervals: the mechanism's reading
+    gone = dict(HOLDS, **{"sapa-g": 1.0})
+    _, _, text = _outcome(make, gone)
+    assert "each keeps at least 0.6 of bilinear's error" in text and "as the mechanism predicts" in text
+    # without a confirmed precondition the statements are not tested, and the claim says so
+    result, checks, text = _outcome(make, HOLDS, PROBES_NO)
+    assert "**The prediction** is not tested" in text
+    assert "**unresolved**" in wg.claim(result, checks, "CMD") and "not tested" in wg.claim(result, checks, "CMD")
+    for ratios in (HOLDS, FAILS, UNRESOLVED, gone):
+        result, checks, text = _outcome(make, ratios)
+        assert _clean(text) and _clean(wg.claim(result, checks, "CMD")), text
+
+
+def test_similarity_pairs_are_paired_over_the_complete_seeds(make):
+    from sapa.lab.comparison import pair_family
+
+    stat = make("statistics", UNRESOLVED)
+    result = wg.compare_tasks(make("textures", TEXTURES), stat)
+    pairs = wg.similarity_pairs(result)
+    assert list(pairs) == ["textures", "statistics"]
+    direct = pair_family(stat, list(wg.SIMILARITY_PAIRS), "miou")
+    for got, want in zip(pairs["statistics"], direct):
+        assert (got["a"], got["b"]) == (want["a"], want["b"])
+        for k in ("mean", "ci_low", "ci_high", "p", "p_holm"):
+            assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-15)
+    assert pairs["statistics"][0]["a_name"] == "SAPA-B" and pairs["statistics"][0]["b_name"] == "FADE"
+    # a task without FADE has no pairs
+    no_fade = wg.compare_tasks(make("textures", TEXTURES), make("statistics", {k: v for k, v in HOLDS.items()
+                                                                               if k != "fade"}))
+    assert "fade" not in {e["upsampler"] for e in no_fade[0]}
+    assert wg.similarity_pairs(no_fade) == {}
+    for bad in ("sapa-b", [("sapa-b", "sapa-b")], [("sapa-b",)], []):
+        with pytest.raises(ValueError, match="pairs"):
+            wg.similarity_pairs(result, pairs=bad)
+
+
+def test_waiting_paragraph_and_claim_while_the_runs_are_missing(make):
+    command = sweep.stored_command("statistics")
+    result = wg.compare_tasks(make("textures", TEXTURES), None)
+    assert not wg.ready(result)
+    status = "The stored result `statistics.csv` is not there yet: it has not been computed."
+    text = wg.waiting_paragraph(result, status, command)
+    assert text.startswith(status) and f"`{command}`" in text and "is not there yet, so its comparison waits" in text
+    assert _clean(text)
+    claim = wg.claim(result, None, command, stored_status=status)
+    assert "cannot be judged yet" in claim and status in claim and _clean(claim)
+    # one seed on the weak-guide task: still waiting
+    one = wg.compare_tasks(make("textures", TEXTURES), make("statistics", HOLDS, seeds=(0,)))
+    assert not wg.ready(one) and "1 complete seed (0)" in wg.waiting_paragraph(one, "", command)
+    full = wg.compare_tasks(make("textures", TEXTURES), make("statistics", HOLDS))
+    assert wg.ready(full) and wg.waiting_paragraph(full, status, command) is None
+    with pytest.raises(ValueError, match="result must be compare_tasks"):
+        wg.waiting_paragraph(full[0], status, command)
+    with pytest.raises(ValueError, match="both tasks"):
+        wg.reading(result, [{}], {"verdict": "fails"}, {"status": "confirmed"})
+    checks = wg.prediction_checks(full, PROBES_OK)
+    for args, match in (((full, {}, {"verdict": "x"}, {"status": "x"}), "checks"),
+                        ((full, checks, None, {"status": "x"}), "refutation"),
+                        ((full, checks, {"verdict": "x"}, None), "precondition")):
+        with pytest.raises(ValueError, match=match):
+            wg.reading(*args)
+
+
 # ---------------------------------------------------------------- the figure
 #: a full-width (BOOK_WIDTH) figure shows its text at about 0.69 of its size on a 400 px phone
 #: screen (tests/test_book.py); the book asks for >= 6.5 pt there
@@ -406,3 +498,11 @@ def test_figure_renders_legibly(make, stat_ratios, tmp_path):
         task_difference_plot([{"task": "textures"}])
     with pytest.raises(ValueError, match="width"):
         task_difference_plot(entries, width=9)
+
+
+def test_the_command_is_named_once():
+    command = sweep.stored_command("statistics")
+    status = f"The stored result `statistics.csv` is not there yet: it has not been computed. `{command}` computes it."
+    result = ([], "No upsampler is compared yet.")  # compare_tasks with no rows on either task
+    for text in (wg.waiting_paragraph(result, status, command), wg.claim(result, None, command, stored_status=status)):
+        assert text.count(command) == 1, text

@@ -40,9 +40,14 @@ import torch.nn.functional as F
 from .._checks import check_positive_int as _positive_int
 
 __all__ = ["stage_features", "LinearProbe", "fit_probe", "evaluate_probe", "linear_probe", "probe_table",
-           "format_table", "main"]
+           "format_table", "main", "STORED_COMMAND"]
 
 Stage = Union[int, str]
+
+
+#: the command that wrote the stored ``book/results/probes.json``
+STORED_COMMAND = ("python -m sapa.lab.probes --dataset textures --dataset statistics --threads 1 --runs runs/sweep "
+                  "--out book/results/probes.json")
 
 
 def _check_stage(stage, num_stages: Optional[int] = None):

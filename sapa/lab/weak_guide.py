@@ -17,6 +17,9 @@ number it shows is computed here, with chapter 6's statistics (:mod:`sapa.lab.st
   :func:`refutation_check`: the observation the prediction names as refuting the mechanism;
 * :func:`format_differences`, :func:`format_ratios`, :func:`format_checks`,
   :func:`format_check`: the tables and sentences a reader sees;
+* :func:`similarity_pairs`: SAPA against the guided upsamplers without similarity (FADE,
+  IndexNet-M2O) on each task; :func:`reading`, :func:`waiting_paragraph`, :func:`claim`: what
+  the outcome says (or why it waits), and the preface's verdict;
   :func:`sapa.lab.plotting.task_difference_plot` draws the two tasks side by side.
 
 The thresholds are module constants quoting the prediction file's numbers
@@ -46,6 +49,7 @@ __all__ = [
     "LEVELLED", "PROBE_METRIC", "PROBE_FIRST_STAGE_SHARE", "PROBE_LAST_STAGE_SHARE", "VERDICTS",
     "compare_tasks", "probe_precondition", "prediction_checks", "refutation_check",
     "format_differences", "format_ratios", "format_checks", "format_check",
+    "SIMILARITY_PAIRS", "similarity_pairs", "ready", "waiting_paragraph", "reading", "claim",
 ]
 
 #: the two tasks, in the order tables and figures show them: chapter 6's and the weak-guide one
@@ -636,3 +640,219 @@ def format_checks(checks: Sequence[Dict]) -> Tuple[List[str], List[List[str]]]:
         v = c["verdict"] + (f" ({c['note']}; the numbers alone: {c['data_verdict']})" if c.get("note") else "")
         rows.append([str(c["number"]), c["statement"], "; ".join(_criterion_text(k) for k in c["criteria"]), v])
     return ["", "statement", "judged on", "verdict"], rows
+
+
+# --------------------------------------------------------------------------------------
+# what is specific to similarity, and what the outcome means
+# --------------------------------------------------------------------------------------
+#: SAPA against the guided upsamplers that read the encoder feature without similarity
+SIMILARITY_PAIRS = (("sapa-b", "fade"), ("sapa-b", "indexnet-m2o"), ("sapa-g", "fade"), ("sapa-g", "indexnet-m2o"))
+
+
+def similarity_pairs(result, pairs: Sequence[Tuple[str, str]] = SIMILARITY_PAIRS,
+                     names: Optional[Dict[str, str]] = None, alpha: float = ALPHA) -> Dict[str, List[Dict]]:
+    """SAPA against the other guided upsamplers on each task: what is specific to *similarity*.
+
+    ``result``: :func:`compare_tasks`' output (or its entries); ``pairs``: (a, b) upsampler
+    pairs. Per task with entries for every upsampler of the pairs, ``a - b`` paired over the
+    task's complete seeds, Holm over the pairs (:func:`sapa.lab.comparison.pair_family`; fields
+    ``a``, ``b``, ``mean``, ``ci_low``, ``ci_high``, ``p``, ``p_holm``, ``significant``, ``n``,
+    plus ``a_name``/``b_name``). Returns ``{task: [one dict per pair]}``, tasks in
+    :data:`TASKS` order, a task left out when one of the upsamplers has no entry there.
+    """
+    if isinstance(pairs, str) or not isinstance(pairs, (list, tuple)) or not pairs:
+        raise ValueError(f"pairs must be a non-empty list of (a, b) upsampler pairs, got {pairs!r}")
+    for p in pairs:
+        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(u, str) for u in p) and p[0] != p[1]):
+            raise ValueError(f"pairs must hold (a, b) pairs of two different upsampler names, got {p!r}")
+    j = _Judge(_by_key(result), _names(names), alpha)
+    us = sorted({u for p in pairs for u in p})
+    out: Dict[str, List[Dict]] = {}
+    for t in TASKS:
+        if any(j.get(t, u) is None for u in us):
+            continue
+        fam = pair_family(j.rows(t, us), [tuple(p) for p in pairs], "value", alpha=alpha)
+        out[t] = [dict(d, a_name=j.name(d["a"]), b_name=j.name(d["b"])) for d in fam]
+    return out
+
+
+def _verdicts_on(by: Dict, task: str, alpha: float) -> Dict[str, str]:
+    """{upsampler: "higher" / "lower" / "unresolved"} against bilinear on ``task``."""
+    return {u: verdict(e, alpha) for (t, u), e in by.items() if t == task}
+
+
+def _listing(nm: Dict[str, str], us: Sequence[str]) -> str:
+    return join_names([nm.get(u, u) for u in us])
+
+
+def _pair_text(d: Dict) -> str:
+    return f"{d['a_name']} − {d['b_name']} {describe_difference(d, show_n=False)}"
+
+
+def ready(result) -> bool:
+    """Whether :func:`compare_tasks`' output (or its entries) has entries on both tasks, i.e.
+    each task has at least two complete seeds: the comparison, its figure and the judged
+    prediction can be shown."""
+    tasks = {t for t, _ in _by_key(result)}
+    return all(t in tasks for t in TASKS)
+
+
+def waiting_paragraph(result, stored_status: str, command: str) -> Optional[str]:
+    """The one paragraph a reader sees while the comparison cannot be made, or None when it can.
+
+    ``result``: :func:`compare_tasks`' ``(entries, status)``; ``stored_status``: the weak-guide
+    file's loader sentence (:func:`sapa.lab.sweep.stored_rows`; says when it could not be
+    downloaded); ``command``: the command that computes it.
+    """
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str)):
+        raise ValueError("result must be compare_tasks' output (entries, status)")
+    if ready(result):
+        return None
+    run = ("" if command in stored_status else
+           f"; `{command}` computes the weak-guide runs (resumable, about two hours on two CPU cores)")
+    return (f"{stored_status} {result[1]} The comparison, the figure and the judged prediction appear here once "
+            f"both tasks have at least two complete seeds{run}.").strip()
+
+
+def reading(result, checks: Sequence[Dict], refutation: Dict, precondition: Dict,
+            names: Optional[Dict[str, str]] = None, alpha: float = ALPHA) -> str:
+    """What the outcome says, in Markdown paragraphs, every number computed from ``result``.
+
+    ``result``: :func:`compare_tasks`' output with entries on both tasks; ``checks``:
+    :func:`prediction_checks`; ``refutation``: :func:`refutation_check`; ``precondition``:
+    :func:`probe_precondition`. Three paragraphs: the verdicts against bilinear on each task;
+    the prediction's score; what it means for choosing an upsampler (which guided and
+    unguided upsamplers keep a resolved gain on the weak-guide task, and SAPA against the other
+    guided upsamplers there, :func:`similarity_pairs`).
+    """
+    by = _by_key(result)
+    nm = _names(names)
+    if not ready(list(by.values())):
+        raise ValueError("result must have entries on both tasks (compare_tasks with two complete seeds on each)")
+    if isinstance(checks, dict) or not isinstance(checks, (list, tuple)) or not checks:
+        raise ValueError("checks must be the non-empty list of prediction_checks")
+    if not isinstance(refutation, dict) or "verdict" not in refutation:
+        raise ValueError("refutation must be the dict of refutation_check")
+    if not isinstance(precondition, dict) or "status" not in precondition:
+        raise ValueError("precondition must be the dict of probe_precondition")
+    v = {t: _verdicts_on(by, t, alpha) for t in TASKS}
+    n = {t: next(e["n"] for (k, _), e in by.items() if k == t) for t in TASKS}
+    fam = len(v["statistics"])
+
+    def split(t):
+        return {w: [u for u, x in v[t].items() if x == w] for w in ("higher", "lower", "unresolved")}
+
+    tex, weak = split("textures"), split("statistics")
+    p1 = (f"**Against bilinear** (Holm over the {fam} upsamplers on each task). On textures "
+          f"({plural(n['textures'], 'seed')}), higher: {_listing(nm, tex['higher'])}; lower: "
+          f"{_listing(nm, tex['lower'])}; unresolved: {_listing(nm, tex['unresolved'])}. On the weak-guide task "
+          f"({plural(n['statistics'], 'seed')}), higher: {_listing(nm, weak['higher'])}; lower: "
+          f"{_listing(nm, weak['lower'])}; unresolved: {_listing(nm, weak['unresolved'])}.")
+    counts = {w: [str(c["number"]) for c in checks if c["verdict"] == w] for w in VERDICTS}
+    if precondition["status"] != "confirmed":
+        p2 = (f"**The prediction** is not tested: {precondition['text']} Its statements assumed a weak guide; "
+              "the numbers alone would give: " + "; ".join(f"{c['number']} {c['data_verdict']}" for c in checks)
+              + ".")
+    else:
+        def which(w):
+            k = counts[w]
+            return f"{len(k)} ({', '.join(k)})" if k else "none"
+
+        ref = {"holds": "made: the gain would then come from something other than the similarity of the two "
+                        "features",
+               "fails": "not made",
+               "unresolved": "unresolved (the interval of SAPA-B's error ratio straddles the threshold)"}
+        p2 = (f"**The prediction** (written before the runs, its {len(checks)} statements judged by the criteria "
+              f"above): holds: {which('holds')}; fails: {which('fails')}; unresolved: {which('unresolved')}. The "
+              f"observation it names as refuting the mechanism ({refutation['statement']}) is "
+              f"{ref[refutation['verdict']]}.")
+    g_kept = [u for u in GUIDED if v["statistics"].get(u) == "higher"]
+    g_all = [u for u in GUIDED if u in v["statistics"]]
+    u_kept = [u for u in UNGUIDED if v["statistics"].get(u) == "higher"]
+    u_all = [u for u in UNGUIDED if u in v["statistics"]]
+    g_lost = [u for u in g_all if u not in g_kept]
+    # "lost most of its gain": the error ratio's whole interval at or above LOSES_GAIN_RATIO
+    g_gone = [u for u in g_lost if by[("statistics", u)]["ratio_low"] >= LOSES_GAIN_RATIO]
+    g_open = [u for u in g_lost if u not in g_gone]
+    unguided = (f", while {_listing(nm, u_kept)}, which {'reads' if len(u_kept) == 1 else 'read'} no encoder "
+                f"feature, {'keeps its' if len(u_kept) == 1 else 'keep theirs'}" if u_kept else "")
+    if g_all and not g_kept and not g_open:
+        core = (f"No guided upsampler ({_listing(nm, g_all)}) keeps a resolved gain over bilinear on the "
+                f"weak-guide task, and each keeps at least {_fmt(LOSES_GAIN_RATIO)} of bilinear's error (the whole "
+                f"interval of its error ratio){unguided}")
+        advice = (": as the mechanism predicts, their advantage goes with what the high-resolution feature says "
+                  "locally (the tasks differ in more than the guide, see the probes), so check the guide "
+                  "(a per-pixel probe of the first encoder stage costs minutes) before choosing a guided upsampler.")
+    elif g_all and not g_kept:
+        core = (f"No guided upsampler ({_listing(nm, g_all)}) keeps a resolved gain over bilinear on the "
+                f"weak-guide task{unguided}")
+        advice = (f"; for {_listing(nm, g_open)} the seeds cannot tell how much of the gain is left (the interval "
+                  f"of the error ratio reaches below {_fmt(LOSES_GAIN_RATIO)}). A weak guide removed the resolved "
+                  "advantage; more seeds would say whether it removed the gain itself.")
+    elif g_all and not g_lost:
+        core = (f"Every guided upsampler ({_listing(nm, g_all)}) keeps a resolved gain over bilinear on the "
+                "weak-guide task")
+        advice = (" although its first-stage feature names the class far worse there. A guide that cannot tell "
+                  "the classes apart per pixel may still mark where a region ends (this comparison does not show "
+                  "which it does), so on this evidence a weak per-pixel probe of the guide is no reason to avoid "
+                  "them." if precondition.get("first_weak") else
+                  ". The probes do not show a weak first stage, so this says nothing about a weak guide.")
+    elif g_all:
+        core = (f"Of the guided upsamplers, {_listing(nm, g_kept)} {'keeps' if len(g_kept) == 1 else 'keep'} a "
+                f"resolved gain over bilinear on the weak-guide task and {_listing(nm, g_lost)} "
+                f"{'does' if len(g_lost) == 1 else 'do'} not{unguided}")
+        advice = (": the guided upsamplers differ in what a weak guide costs them, so the choice among them "
+                  "matters more where the guide is weak.")
+    else:
+        core, advice = "No guided upsampler was compared on the weak-guide task", "."
+    if u_all and not u_kept and g_all and not g_kept:
+        core += f"; {_listing(nm, u_all)}, which {'reads' if len(u_all) == 1 else 'read'} no encoder feature, " + (
+            "does not either" if len(u_all) == 1 else "do not either")
+    pairs = similarity_pairs(result, names=nm, alpha=alpha).get("statistics")
+    if pairs:
+        up = [d for d in pairs if d["significant"] and d["mean"] > 0]
+        down = [d for d in pairs if d["significant"] and d["mean"] < 0]
+        spec = ("**What is specific to similarity** on the weak-guide task (SAPA against the guided upsamplers "
+                f"without similarity, Holm over the {len(pairs)} pairs): "
+                + "; ".join(_pair_text(d) for d in pairs) + ". "
+                + (f"Resolved in SAPA's favour: {join_names([d['a_name'] + ' over ' + d['b_name'] for d in up])}"
+                   if up else "No pair is resolved in SAPA's favour")
+                + (f"; against it: {join_names([d['a_name'] + ' under ' + d['b_name'] for d in down])}." if down
+                   else "."))
+    else:
+        spec = ""
+    p3 = f"**Choosing an upsampler.** {core}{advice}"
+    return "\n\n".join(p for p in (p1, p2, p3, spec) if p)
+
+
+def claim(result, checks: Optional[Sequence[Dict]], command: str, stored_status: str = "",
+          names: Optional[Dict[str, str]] = None, alpha: float = ALPHA) -> str:
+    """The preface's verdict from the section "When does similarity help?": one Markdown bullet.
+
+    ``result``: :func:`compare_tasks`' output; ``checks``: :func:`prediction_checks` (None
+    while the comparison waits); ``command``: the weak-guide sweep's; ``stored_status``: the
+    weak-guide file's loader sentence, shown when the comparison waits.
+    """
+    by = _by_key(result)
+    nm = _names(names)
+    head = ("* *The guided upsamplers' gain needs an informative high-resolution guide* (chapter 10, the book's "
+            "own prediction, written before the runs)")
+    if not checks or not ready(list(by.values())):
+        why = stored_status or "The weak-guide runs are not stored yet."
+        fill = "" if command in why else f" `{command}` fills it."
+        return f"{head}: cannot be judged yet. {why}{fill}"
+    v = _verdicts_on(by, "statistics", alpha)
+    kept = [u for u in GUIDED if v.get(u) == "higher"]
+    counts = {w: sum(c["verdict"] == w for c in checks) for w in VERDICTS}
+    b = by.get(("statistics", "sapa-b"))
+    bt = by.get(("textures", "sapa-b"))
+    ratio = (f"; SAPA-B keeps {_ratio(bt['ratio'])} of bilinear's error on textures and {_ratio(b['ratio'])} "
+             f"[{_ratio(b['ratio_low'])}, {_ratio(b['ratio_high'])}] on the weak-guide task" if b and bt else "")
+    tested = checks[0].get("precondition") == "confirmed"
+    score = (f"{counts['holds']} of its {len(checks)} statements hold, {counts['fails']} fail, "
+             f"{counts['unresolved']} unresolved" if tested else "not tested (the probes do not confirm a weak guide)")
+    word = ("**supported**" if tested and counts["fails"] == 0 and counts["unresolved"] == 0 else
+            "**contradicted**" if tested and counts["fails"] > counts["holds"] else
+            "**partly supported**" if tested and counts["holds"] else "**unresolved**")
+    return (f"{head}: {word}; {score}; guided upsamplers still higher than bilinear on the weak-guide task after "
+            f"Holm's correction: {_listing(nm, kept)}{ratio}.")
