@@ -506,3 +506,15 @@ def test_the_command_is_named_once():
     result = ([], "No upsampler is compared yet.")  # compare_tasks with no rows on either task
     for text in (wg.waiting_paragraph(result, status, command), wg.claim(result, None, command, stored_status=status)):
         assert text.count(command) == 1, text
+
+
+def test_verdict_sentence_is_the_claim_without_its_head(make):
+    result, checks, _ = _outcome(make, UNRESOLVED)
+    text = wg.verdict_sentence(result, checks)
+    assert wg.claim(result, checks, "CMD").endswith(": " + text)
+    assert text.startswith("**partly supported**; 3 of its 6 statements hold, 0 fail, 3 unresolved")
+    waiting = wg.compare_tasks(make("textures", TEXTURES), None)
+    with pytest.raises(ValueError, match="both tasks"):
+        wg.verdict_sentence(waiting, checks)
+    with pytest.raises(ValueError, match="checks"):
+        wg.verdict_sentence(result, [])

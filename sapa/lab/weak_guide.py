@@ -50,6 +50,7 @@ __all__ = [
     "compare_tasks", "probe_precondition", "prediction_checks", "refutation_check",
     "format_differences", "format_ratios", "format_checks", "format_check",
     "SIMILARITY_PAIRS", "similarity_pairs", "ready", "waiting_paragraph", "reading", "claim",
+    "verdict_sentence",
 ]
 
 #: the two tasks, in the order tables and figures show them: chapter 6's and the weak-guide one
@@ -834,13 +835,26 @@ def claim(result, checks: Optional[Sequence[Dict]], command: str, stored_status:
     weak-guide file's loader sentence, shown when the comparison waits.
     """
     by = _by_key(result)
-    nm = _names(names)
     head = ("* *The guided upsamplers' gain needs an informative high-resolution guide* (chapter 10, the book's "
             "own prediction, written before the runs)")
     if not checks or not ready(list(by.values())):
         why = stored_status or "The weak-guide runs are not stored yet."
         fill = "" if command in why else f" `{command}` fills it."
         return f"{head}: cannot be judged yet. {why}{fill}"
+    return f"{head}: {verdict_sentence(result, checks, names, alpha)}"
+
+
+def verdict_sentence(result, checks: Sequence[Dict], names: Optional[Dict[str, str]] = None,
+                     alpha: float = ALPHA) -> str:
+    """The verdict of :func:`claim` without its head: the prediction's score (supported, partly
+    supported, contradicted, unresolved), the guided upsamplers still higher than bilinear on the
+    weak-guide task, and SAPA-B's error ratio on both tasks. ``result`` must be :func:`ready`."""
+    by = _by_key(result)
+    nm = _names(names)
+    if not ready(list(by.values())):
+        raise ValueError("result must have entries on both tasks (compare_tasks with two complete seeds on each)")
+    if isinstance(checks, dict) or not isinstance(checks, (list, tuple)) or not checks:
+        raise ValueError("checks must be the non-empty list of prediction_checks")
     v = _verdicts_on(by, "statistics", alpha)
     kept = [u for u in GUIDED if v.get(u) == "higher"]
     counts = {w: sum(c["verdict"] == w for c in checks) for w in VERDICTS}
@@ -854,5 +868,5 @@ def claim(result, checks: Optional[Sequence[Dict]], command: str, stored_status:
     word = ("**supported**" if tested and counts["fails"] == 0 and counts["unresolved"] == 0 else
             "**contradicted**" if tested and counts["fails"] > counts["holds"] else
             "**partly supported**" if tested and counts["holds"] else "**unresolved**")
-    return (f"{head}: {word}; {score}; guided upsamplers still higher than bilinear on the weak-guide task after "
+    return (f"{word}; {score}; guided upsamplers still higher than bilinear on the weak-guide task after "
             f"Holm's correction: {_listing(nm, kept)}{ratio}.")
