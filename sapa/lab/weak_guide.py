@@ -698,6 +698,16 @@ def ready(result) -> bool:
     return all(t in tasks for t in TASKS)
 
 
+def _judged(result, checks, names) -> Tuple[Dict, Dict[str, str]]:
+    """({(task, upsampler): entry}, display names) of a :func:`ready` result, ``checks`` checked."""
+    by = _by_key(result)
+    if not ready(list(by.values())):
+        raise ValueError("result must have entries on both tasks (compare_tasks with two complete seeds on each)")
+    if isinstance(checks, dict) or not isinstance(checks, (list, tuple)) or not checks:
+        raise ValueError("checks must be the non-empty list of prediction_checks")
+    return by, _names(names)
+
+
 def waiting_paragraph(result, stored_status: str, command: str) -> Optional[str]:
     """The one paragraph a reader sees while the comparison cannot be made, or None when it can.
 
@@ -726,12 +736,7 @@ def reading(result, checks: Sequence[Dict], refutation: Dict, precondition: Dict
     unguided upsamplers keep a resolved gain on the weak-guide task, and SAPA against the other
     guided upsamplers there, :func:`similarity_pairs`).
     """
-    by = _by_key(result)
-    nm = _names(names)
-    if not ready(list(by.values())):
-        raise ValueError("result must have entries on both tasks (compare_tasks with two complete seeds on each)")
-    if isinstance(checks, dict) or not isinstance(checks, (list, tuple)) or not checks:
-        raise ValueError("checks must be the non-empty list of prediction_checks")
+    by, nm = _judged(result, checks, names)
     if not isinstance(refutation, dict) or "verdict" not in refutation:
         raise ValueError("refutation must be the dict of refutation_check")
     if not isinstance(precondition, dict) or "status" not in precondition:
@@ -849,12 +854,7 @@ def verdict_sentence(result, checks: Sequence[Dict], names: Optional[Dict[str, s
     """The verdict of :func:`claim` without its head: the prediction's score (supported, partly
     supported, contradicted, unresolved), the guided upsamplers still higher than bilinear on the
     weak-guide task, and SAPA-B's error ratio on both tasks. ``result`` must be :func:`ready`."""
-    by = _by_key(result)
-    nm = _names(names)
-    if not ready(list(by.values())):
-        raise ValueError("result must have entries on both tasks (compare_tasks with two complete seeds on each)")
-    if isinstance(checks, dict) or not isinstance(checks, (list, tuple)) or not checks:
-        raise ValueError("checks must be the non-empty list of prediction_checks")
+    by, nm = _judged(result, checks, names)
     v = _verdicts_on(by, "statistics", alpha)
     kept = [u for u in GUIDED if v.get(u) == "higher"]
     counts = {w: sum(c["verdict"] == w for c in checks) for w in VERDICTS}
