@@ -17,7 +17,24 @@ __all__ = ["SAPA", "VARIANTS", "channel_layer_norm"]
 
 
 def channel_layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """Per-pixel LayerNorm over channels of a (B, C, H, W) tensor; returns (B, C, H, W)."""
+    """Per-pixel LayerNorm over channels of a (B, C, H, W) tensor; returns (B, C, H, W).
+
+    The official code's ``norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)``, equal up to float
+    rounding. For a float32/float64 tensor stored NCHW (outside autocast and ONNX export) the
+    mean and variance are taken over dim 1 in place: ``layer_norm`` would copy the permuted
+    input and, in backward, its gradient (about a quarter of its time at the book's sizes).
+    """
+    if (x.dim() == 4 and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+            and not _autocast(x) and not in_onnx_export()):
+        xc = x - x.mean(1, keepdim=True)
+        out = xc * torch.rsqrt(xc.square().mean(1, keepdim=True) + norm.eps)
+        w, b = norm.weight, norm.bias
+        if w is not None:
+            w = w.view(1, -1, 1, 1)
+            out = torch.addcmul(b.view(1, -1, 1, 1), out, w) if b is not None else out * w
+        elif b is not None:
+            out = out + b.view(1, -1, 1, 1)
+        return out
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
@@ -46,6 +63,8 @@ def _autocast(x: torch.Tensor) -> bool:
         return torch.is_autocast_enabled(x.device.type)
     except TypeError:  # older torch: no device argument
         return torch.is_autocast_enabled()
+    except RuntimeError:  # a device type autocast does not know (meta): never autocast
+        return False
 
 
 def _init_linear(linear: nn.Linear) -> None:
