@@ -143,20 +143,8 @@ class SyntheticShapes(Dataset):
         max_thin: int = 3,
         noise: float = 0.03,
     ):
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-            raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
+        _check_procedural("SyntheticShapes", num_samples, num_classes, SYNTHETIC_CLASSES, split, seed)
         self.size = _hw(size)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not (
-            2 <= num_classes <= len(SYNTHETIC_CLASSES)
-        ):
-            raise ValueError(
-                f"num_classes must be an int in [2, {len(SYNTHETIC_CLASSES)}] for SyntheticShapes, "
-                f"got {num_classes!r}"
-            )
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_IDS)}")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if max_objects < 1 or max_thin < 0:
             raise ValueError(f"need max_objects >= 1 and max_thin >= 0, got {max_objects}, {max_thin}")
         self.num_samples, self.num_classes = num_samples, num_classes
