@@ -608,26 +608,6 @@ void scatter_rows(const T* const* Ag, const T* const* Xg, T* G, int64_t n, int64
   for (; c < c_n; ++c) scatter_rows_block<T, 1>(Ag, Xg, G, n, y, c, c_n, tmp, g);
 }
 
-// scratch memory the kernels fully prepare before reading; with SAPA_POISON_SCRATCH (a
-// debugging build) it starts as NaN, so a read of an entry nobody wrote shows in the results
-inline at::Tensor scratch(at::IntArrayRef size, const at::TensorOptions& opts) {
-#ifdef SAPA_POISON_SCRATCH
-  return at::full(size, std::numeric_limits<double>::quiet_NaN(), opts);
-#else
-  return at::empty(size, opts);
-#endif
-}
-
-// zero the 2R padding columns (0 .. R and R + Wr .. Wb) of rows P < nP of a [P][p][Wb] buffer
-template <typename T>
-inline void zero_padding(T* buf, int64_t nP, const Geo& g) {
-  for (int64_t r = 0; r < nP * g.KK; ++r) {
-    T* row = buf + r * g.Wb;
-    std::fill(row, row + g.R, T(0));
-    std::fill(row + g.R + g.Wr, row + g.Wb, T(0));
-  }
-}
-
 template <typename T>
 void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    at::Tensor& gq, at::Tensor& gk, at::Tensor& gv, bool need_q, bool need_k, bool need_v,
@@ -639,13 +619,11 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
   const std::vector<T> colmask = column_mask<T>(g);
   const int64_t grp_w = g.Pm * g.KK * g.Wb, grp_q = g.d * g.Pm * g.Wb, grp_g = g.C * g.Pm * g.Wb;
   auto opts = q.options();
-  // stage-1 results per group: weights, logit gradients, query in phases; small next to the
-  // maps (K*K or d numbers per output pixel). Allocated uninitialised: each group's slice is
-  // prepared by the thread that fills it (below), while it is in cache, instead of a serial
-  // zero fill of the whole buffers (about a tenth of a training step at the book's sizes).
-  at::Tensor Wbuf = need_v ? scratch({g.B * g.H * grp_w}, opts) : at::Tensor();
-  at::Tensor GLbuf = need_k ? scratch({g.B * g.H * grp_w}, opts) : at::Tensor();
-  at::Tensor Qbuf = need_k ? scratch({g.B * g.H * grp_q}, opts) : at::Tensor();
+  // stage-1 results per group (zeros outside the valid entries): weights, logit gradients,
+  // query in phases; small next to the maps (K*K or d numbers per output pixel)
+  at::Tensor Wbuf = need_v ? at::zeros({g.B * g.H * grp_w}, opts) : at::Tensor();
+  at::Tensor GLbuf = need_k ? at::zeros({g.B * g.H * grp_w}, opts) : at::Tensor();
+  at::Tensor Qbuf = need_k ? at::zeros({g.B * g.H * grp_q}, opts) : at::Tensor();
   T* Wp = need_v ? Wbuf.data_ptr<T>() : nullptr;
   T* GLp = need_k ? GLbuf.data_ptr<T>() : nullptr;
   T* Qp = need_k ? Qbuf.data_ptr<T>() : nullptr;
@@ -661,12 +639,6 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
       T* qph = need_k ? Qp + grp * grp_q : ql.data();
       T* w = need_v ? Wp + grp * grp_w : Wl.data();
       T* gl = need_k ? GLp + grp * grp_w : Gl.data();
-      // stage 2 reads the query phases everywhere (zeros outside the valid entries) and the
-      // weights and logit gradients of rows P < nP at every column: normalize and
-      // normalize_backward write columns R .. R + Wr, so only the 2R padding columns are set
-      if (need_k) std::fill(qph, qph + grp_q, T(0));
-      if (need_v) zero_padding(w, nP, g);
-      if (need_k) zero_padding(gl, nP, g);
       gather_phases(qp, qph, n, a, g.d, g);
       const Rows<T> krows = kring.at(n, a);
       window_dot(qph, krows, S.data(), nP, g.d, g);
@@ -886,12 +858,11 @@ std::vector<at::Tensor> sapa_backward(at::Tensor go, at::Tensor q, at::Tensor k,
   Geo g(q, k, v, K, ignore, static_cast<int>(norm), lanes(q));
   TORCH_CHECK(go.dim() == 4 && go.size(0) == g.B && go.size(1) == g.C && go.size(2) == g.Hq && go.size(3) == g.Wq,
               "sapa_cpu: grad_out shape");
-  at::Tensor gq = need_q ? scratch(q.sizes(), q.options()) : at::Tensor();  // every entry is written below
+  at::Tensor gq = need_q ? at::zeros_like(q) : at::Tensor();  // every row is written; zeros if C == 0
   at::Tensor gk = need_k ? at::empty_like(k, at::MemoryFormat::Contiguous) : at::Tensor();
   at::Tensor gv = need_v ? at::empty_like(v, at::MemoryFormat::Contiguous) : at::Tensor();
   if (!(need_q || need_k || need_v)) return {gq, gk, gv};
   if (q.numel() == 0 || v.numel() == 0 || go.numel() == 0) {
-    if (need_q) gq.zero_();
     if (need_k) gk.zero_();
     if (need_v) gv.zero_();
     return {gq, gk, gv};
