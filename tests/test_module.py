@@ -233,3 +233,12 @@ def test_layer_norm_modules_are_called_with_their_hooks():
     y = torch.randn(2, 6, 8, 10)
     q, _ = m.query_key(torch.randn(2, 8, 4, 5), y)
     torch.testing.assert_close(q, torch.einsum("bchw,dc->bdhw", y, m.q_y.weight) + m.q_y.bias[:, None, None])
+
+
+def test_dtype_mismatch_on_meta_tensors_is_a_clear_type_error():
+    """The autocast check must not fail on devices autocast does not know (meta): a dtype
+    mismatch there is the same TypeError as on the CPU, not an internal RuntimeError."""
+    m = sapa.SAPA(8, 6).to("meta")
+    x, y = torch.randn(2, 8, 4, 5, device="meta"), torch.randn(2, 6, 8, 10, device="meta", dtype=torch.float64)
+    with pytest.raises(TypeError, match="x and y must share dtype and device"):
+        m(x, y)
