@@ -49,7 +49,7 @@ __all__ = [
     "LEVELLED", "PROBE_METRIC", "PROBE_FIRST_STAGE_SHARE", "PROBE_LAST_STAGE_SHARE", "VERDICTS",
     "compare_tasks", "probe_precondition", "prediction_checks", "refutation_check",
     "format_differences", "format_ratios", "format_checks", "format_check",
-    "SIMILARITY_PAIRS", "similarity_pairs", "ready", "waiting_paragraph", "reading", "claim",
+    "SIMILARITY_PAIRS", "READING_GUIDED", "READING_UNGUIDED", "similarity_pairs", "ready", "waiting_paragraph", "reading", "claim",
     "verdict_sentence",
 ]
 
@@ -98,8 +98,9 @@ LEVELLED = ("sapa-b", "fade", "indexnet-m2o")
 
 # --------------------------------------------------------------------------------------
 # the precondition: the prediction states it in words ("far worse", "still separates"); these
-# two shares make it a computation. They are this module's choice, not the prediction's,
-# fixed before book/results/probes.json existed.
+# two shares make it a computation. They are this module's choice, not the prediction's, set
+# with the analysis code (committed minutes after book/results/probes.json, before any run of
+# the weak-guide comparison); git cannot show that they were chosen without seeing the probes.
 # --------------------------------------------------------------------------------------
 #: the probes' score compared across tasks
 PROBE_METRIC = "miou"
@@ -228,8 +229,9 @@ def compare_tasks(main_rows: Optional[Sequence[Dict]], statistics_rows: Optional
                                 ratio=q["ratio"], ratio_low=q["ci_low"], ratio_high=q["ci_high"],
                                 ratio_p=q["p"], ratio_p_holm=q["p_holm"], ratio_per_seed=q["per_seed"]))
         parts.append(f"{label} has {plural(n, 'complete seed')}{listed}{note}")
+    where = "on each task" if len(present) > 1 else "on its task"
     lead = (f"{plural(len(family), 'upsampler')} against {nm.get(baseline, baseline)} (Holm over the "
-            f"{len(family)} on each task): " if family else
+            f"{len(family)} {where}): " if family else
             f"No upsampler besides {nm.get(baseline, baseline)} has runs on both tasks: ")
     return entries, lead + "; ".join(parts) + "."
 
@@ -611,7 +613,8 @@ def _criterion_text(c: Dict) -> str:
         count = f"{c['above']} of {plural(m, 'pair')} resolved above"
     else:
         count = f"{c['below']} of {plural(m, 'pair')} resolved below"
-    return (f"{c['text']}: {count}, the closest {w['a_name']} − {w['b_name']} "
+    which = "the least resolved" if c["rule"] == "all above" else "the lowest"
+    return (f"{c['text']}: {count}, {which} {w['a_name']} − {w['b_name']} "
             f"{describe_difference(w, show_n=False)}, {c['verdict']}")
 
 
@@ -686,6 +689,18 @@ def _listing(nm: Dict[str, str], us: Sequence[str]) -> str:
     return join_names([nm.get(u, u) for u in us])
 
 
+#: the upsamplers the reading calls guided (they read the encoder feature) and unguided (learned,
+#: without it); the prediction's statement 6 uses :data:`GUIDED` and :data:`UNGUIDED`
+READING_GUIDED = ("sapa-i", "sapa-b", "sapa-g", "fade", "indexnet-m2o")
+READING_UNGUIDED = ("deconv", "bilinear+conv", "carafe")
+
+
+def _baseline_error(by: Dict, task: str) -> float:
+    """Bilinear's mean remaining error (1 - metric) over the task's complete seeds."""
+    e = next(e for (t, _), e in by.items() if t == task)
+    return sum(1.0 - x for x in e["baseline_values"]) / len(e["baseline_values"])
+
+
 def _pair_text(d: Dict) -> str:
     return f"{d['a_name']} − {d['b_name']} {describe_difference(d, show_n=False)}"
 
@@ -708,12 +723,14 @@ def _judged(result, checks, names) -> Tuple[Dict, Dict[str, str]]:
     return by, _names(names)
 
 
-def waiting_paragraph(result, stored_status: str, command: str) -> Optional[str]:
+def waiting_paragraph(result, stored_status: str, command: str, stored: bool = True) -> Optional[str]:
     """The one paragraph a reader sees while the comparison cannot be made, or None when it can.
 
     ``result``: :func:`compare_tasks`' ``(entries, status)``; ``stored_status``: the weak-guide
     file's loader sentence (:func:`sapa.lab.sweep.stored_rows`; says when it could not be
-    downloaded); ``command``: the command that computes it.
+    downloaded); ``command``: the command that computes it; ``stored``: whether the weak-guide
+    file could be read (when not, the loader's sentence says why and the comparison's status,
+    which would say it again, is left out).
     """
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str)):
         raise ValueError("result must be compare_tasks' output (entries, status)")
@@ -721,7 +738,8 @@ def waiting_paragraph(result, stored_status: str, command: str) -> Optional[str]
         return None
     run = ("" if command in stored_status else
            f"; `{command}` computes the weak-guide runs (resumable, about two hours on two CPU cores)")
-    return (f"{stored_status} {result[1]} The comparison, the figure and the judged prediction appear here once "
+    status = f" {result[1]}" if stored else ""
+    return (f"{stored_status}{status} The comparison, the figure and the judged prediction appear here once "
             f"both tasks have at least two complete seeds{run}.").strip()
 
 
@@ -749,7 +767,10 @@ def reading(result, checks: Sequence[Dict], refutation: Dict, precondition: Dict
         return {w: [u for u, x in v[t].items() if x == w] for w in ("higher", "lower", "unresolved")}
 
     tex, weak = split("textures"), split("statistics")
-    p1 = (f"**Against bilinear** (Holm over the {fam} upsamplers on each task). On textures "
+    interim = (f"**Interim**: the weak-guide task has {plural(n['statistics'], 'complete seed')} of the "
+               f"{PLANNED_SEEDS} the prediction plans, so every verdict below may still change. "
+               if n["statistics"] < PLANNED_SEEDS else "")
+    p1 = (f"{interim}**Against bilinear** (Holm over the {fam} upsamplers on each task). On textures "
           f"({plural(n['textures'], 'seed')}), higher: {_listing(nm, tex['higher'])}; lower: "
           f"{_listing(nm, tex['lower'])}; unresolved: {_listing(nm, tex['unresolved'])}. On the weak-guide task "
           f"({plural(n['statistics'], 'seed')}), higher: {_listing(nm, weak['higher'])}; lower: "
@@ -772,54 +793,61 @@ def reading(result, checks: Sequence[Dict], refutation: Dict, precondition: Dict
               f"above): holds: {which('holds')}; fails: {which('fails')}; unresolved: {which('unresolved')}. The "
               f"observation it names as refuting the mechanism ({refutation['statement']}) is "
               f"{ref[refutation['verdict']]}.")
-    g_kept = [u for u in GUIDED if v["statistics"].get(u) == "higher"]
-    g_all = [u for u in GUIDED if u in v["statistics"]]
-    u_kept = [u for u in UNGUIDED if v["statistics"].get(u) == "higher"]
-    u_all = [u for u in UNGUIDED if u in v["statistics"]]
+    g_all = [u for u in READING_GUIDED if u in v["statistics"]]
+    g_kept = [u for u in g_all if v["statistics"][u] == "higher"]
+    u_all = [u for u in READING_UNGUIDED if u in v["statistics"]]
+    u_kept = [u for u in u_all if v["statistics"][u] == "higher"]
     g_lost = [u for u in g_all if u not in g_kept]
     # "lost most of its gain": the error ratio's whole interval at or above LOSES_GAIN_RATIO
     g_gone = [u for u in g_lost if by[("statistics", u)]["ratio_low"] >= LOSES_GAIN_RATIO]
     g_open = [u for u in g_lost if u not in g_gone]
+    harder = _baseline_error(by, "statistics") / _baseline_error(by, "textures")
+    confound = (f"The tasks differ in more than the guide (bilinear's own error is {harder:.1f} times as large on "
+                "the weak-guide task), so the comparison associates the outcome with the weak guide; it does not "
+                "isolate the guide as its cause.")
     unguided = (f", while {_listing(nm, u_kept)}, which {'reads' if len(u_kept) == 1 else 'read'} no encoder "
-                f"feature, {'keeps its' if len(u_kept) == 1 else 'keep theirs'}" if u_kept else "")
-    if g_all and not g_kept and not g_open:
+                f"feature, {'keeps its gain' if len(u_kept) == 1 else 'keep their gains'}" if u_kept else "")
+    if g_all and not g_kept and not u_kept and u_all:
+        core = (f"No learned upsampler keeps a resolved gain over bilinear on the weak-guide task, guided "
+                f"({_listing(nm, g_all)}) or not ({_listing(nm, u_all)})")
+        advice = (f": the task is harder for all of them, and this comparison cannot attribute the loss to the "
+                  f"guide. {confound}")
+    elif g_all and not g_kept and not g_open:
         core = (f"No guided upsampler ({_listing(nm, g_all)}) keeps a resolved gain over bilinear on the "
                 f"weak-guide task, and each keeps at least {_fmt(LOSES_GAIN_RATIO)} of bilinear's error (the whole "
                 f"interval of its error ratio){unguided}")
-        advice = (": as the mechanism predicts, their advantage goes with what the high-resolution feature says "
-                  "locally (the tasks differ in more than the guide, see the probes), so check the guide "
-                  "(a per-pixel probe of the first encoder stage costs minutes) before choosing a guided upsampler.")
+        advice = (f": the pattern the mechanism predicts. {confound} Before choosing a guided upsampler, check "
+                  "what its guide says per pixel (a linear probe of the encoder stage that guides it costs minutes).")
     elif g_all and not g_kept:
         core = (f"No guided upsampler ({_listing(nm, g_all)}) keeps a resolved gain over bilinear on the "
                 f"weak-guide task{unguided}")
         advice = (f"; for {_listing(nm, g_open)} the seeds cannot tell how much of the gain is left (the interval "
-                  f"of the error ratio reaches below {_fmt(LOSES_GAIN_RATIO)}). A weak guide removed the resolved "
-                  "advantage; more seeds would say whether it removed the gain itself.")
+                  f"of the error ratio reaches below {_fmt(LOSES_GAIN_RATIO)}). On the weak-guide task their "
+                  f"resolved advantage is gone; more seeds would say whether the gain itself is. {confound}")
     elif g_all and not g_lost:
         core = (f"Every guided upsampler ({_listing(nm, g_all)}) keeps a resolved gain over bilinear on the "
                 "weak-guide task")
-        advice = (" although its first-stage feature names the class far worse there. A guide that cannot tell "
-                  "the classes apart per pixel may still mark where a region ends (this comparison does not show "
-                  "which it does), so on this evidence a weak per-pixel probe of the guide is no reason to avoid "
-                  "them." if precondition.get("first_weak") else
+        advice = (" although the first stage of a bilinear model names the class far worse there. A guide that "
+                  "cannot tell the classes apart per pixel may still mark where a region ends (this comparison "
+                  "does not show which it does), so on this evidence a weak per-pixel probe of the guide is no "
+                  "reason to avoid them." if precondition.get("first_weak") else
                   ". The probes do not show a weak first stage, so this says nothing about a weak guide.")
     elif g_all:
         core = (f"Of the guided upsamplers, {_listing(nm, g_kept)} {'keeps' if len(g_kept) == 1 else 'keep'} a "
                 f"resolved gain over bilinear on the weak-guide task and {_listing(nm, g_lost)} "
                 f"{'does' if len(g_lost) == 1 else 'do'} not{unguided}")
-        advice = (": the guided upsamplers differ in what a weak guide costs them, so the choice among them "
-                  "matters more where the guide is weak.")
+        advice = (": on this task the guided upsamplers do not behave alike (a resolved gain against an "
+                  "unresolved one is not a resolved difference between them: the pairs below compare SAPA with "
+                  "FADE and IndexNet-M2O directly).")
     else:
         core, advice = "No guided upsampler was compared on the weak-guide task", "."
-    if u_all and not u_kept and g_all and not g_kept:
-        core += f"; {_listing(nm, u_all)}, which {'reads' if len(u_all) == 1 else 'read'} no encoder feature, " + (
-            "does not either" if len(u_all) == 1 else "do not either")
     pairs = similarity_pairs(result, names=nm, alpha=alpha).get("statistics")
     if pairs:
         up = [d for d in pairs if d["significant"] and d["mean"] > 0]
         down = [d for d in pairs if d["significant"] and d["mean"] < 0]
-        spec = ("**What is specific to similarity** on the weak-guide task (SAPA against the guided upsamplers "
-                f"without similarity, Holm over the {len(pairs)} pairs): "
+        spec = ("**SAPA against the other guided upsamplers** on the weak-guide task (FADE and IndexNet-M2O read "
+                "the encoder feature without a similarity, and differ from SAPA in other choices too; Holm over "
+                f"the {len(pairs)} pairs): "
                 + "; ".join(_pair_text(d) for d in pairs) + ". "
                 + (f"Resolved in SAPA's favour: {join_names([d['a_name'] + ' over ' + d['b_name'] for d in up])}"
                    if up else "No pair is resolved in SAPA's favour")
@@ -840,8 +868,9 @@ def claim(result, checks: Optional[Sequence[Dict]], command: str, stored_status:
     weak-guide file's loader sentence, shown when the comparison waits.
     """
     by = _by_key(result)
-    head = ("* *The guided upsamplers' gain needs an informative high-resolution guide* (chapter 10, the book's "
-            "own prediction, written before the runs)")
+    head = ("* *The book's prediction for a weak guide* (chapter 10, written before the runs: the upsamplers "
+            "that read the encoder feature lose their gain over bilinear where it says little per pixel, CARAFE "
+            "and deconvolution keep theirs)")
     if not checks or not ready(list(by.values())):
         why = stored_status or "The weak-guide runs are not stored yet."
         fill = "" if command in why else f" `{command}` fills it."
@@ -849,24 +878,40 @@ def claim(result, checks: Optional[Sequence[Dict]], command: str, stored_status:
     return f"{head}: {verdict_sentence(result, checks, names, alpha)}"
 
 
+def _verdict_word(checks: Sequence[Dict], n: int) -> str:
+    """The prediction's one-word verdict from its statements' verdicts and the seeds compared."""
+    counts = {w: sum(c["verdict"] == w for c in checks) for w in VERDICTS}
+    h, f, u = counts["holds"], counts["fails"], counts["unresolved"]
+    if checks[0].get("precondition") != "confirmed":
+        return "**not tested**"
+    if n < PLANNED_SEEDS:
+        return f"**interim** ({plural(n, 'seed')} of {PLANNED_SEEDS})"
+    if f == 0 and u == 0:
+        return "**supported**"
+    if f:
+        return "**mixed**" if h else "**contradicted**"
+    return "**partly supported**" if h else "**unresolved**"
+
+
 def verdict_sentence(result, checks: Sequence[Dict], names: Optional[Dict[str, str]] = None,
                      alpha: float = ALPHA) -> str:
-    """The verdict of :func:`claim` without its head: the prediction's score (supported, partly
-    supported, contradicted, unresolved), the guided upsamplers still higher than bilinear on the
-    weak-guide task, and SAPA-B's error ratio on both tasks. ``result`` must be :func:`ready`."""
+    """The verdict of :func:`claim` without its head: the prediction's score ("not tested" when the
+    probes do not confirm the precondition, "interim" with fewer than :data:`PLANNED_SEEDS` seeds,
+    else "supported" (all hold), "mixed" (some hold, some fail), "contradicted" (some fail, none
+    holds), "partly supported" (some hold, the rest unresolved) or "unresolved"), the guided
+    upsamplers still higher than bilinear on the weak-guide task, and SAPA-B's error ratio on both
+    tasks. ``result`` must be :func:`ready`."""
     by, nm = _judged(result, checks, names)
     v = _verdicts_on(by, "statistics", alpha)
-    kept = [u for u in GUIDED if v.get(u) == "higher"]
+    kept = [u for u in READING_GUIDED if v.get(u) == "higher"]
     counts = {w: sum(c["verdict"] == w for c in checks) for w in VERDICTS}
     b = by.get(("statistics", "sapa-b"))
     bt = by.get(("textures", "sapa-b"))
     ratio = (f"; SAPA-B keeps {_ratio(bt['ratio'])} of bilinear's error on textures and {_ratio(b['ratio'])} "
              f"[{_ratio(b['ratio_low'])}, {_ratio(b['ratio_high'])}] on the weak-guide task" if b and bt else "")
     tested = checks[0].get("precondition") == "confirmed"
+    n = min(e["n"] for (t, _), e in by.items() if t == "statistics")
     score = (f"{counts['holds']} of its {len(checks)} statements hold, {counts['fails']} fail, "
-             f"{counts['unresolved']} unresolved" if tested else "not tested (the probes do not confirm a weak guide)")
-    word = ("**supported**" if tested and counts["fails"] == 0 and counts["unresolved"] == 0 else
-            "**contradicted**" if tested and counts["fails"] > counts["holds"] else
-            "**partly supported**" if tested and counts["holds"] else "**unresolved**")
-    return (f"{word}; {score}; guided upsamplers still higher than bilinear on the weak-guide task after "
+             f"{counts['unresolved']} unresolved" if tested else "the probes do not confirm a weak guide")
+    return (f"{_verdict_word(checks, n)}; {score}; guided upsamplers still higher than bilinear on the weak-guide task after "
             f"Holm's correction: {_listing(nm, kept)}{ratio}.")
